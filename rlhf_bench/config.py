@@ -1,0 +1,216 @@
+"""Structured configs: one dataclass per config group option, registered in Hydra's ConfigStore.
+
+The YAML files in ``conf/`` extend these schemas (``defaults: [/schema/<group>/<name>@_here_]``),
+so a typo or a wrong type in a YAML file or on the command line is an error naming the key.
+The entry point converts the composed config once (``OmegaConf.to_object``); code past it
+receives these dataclasses, never raw dicts.
+
+Method, task and reward-model dataclasses live beside their code (``methods/ppo.py`` ...);
+this module holds the shared ones and registers them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but not allowed; the message names the key."""
+
+    def __init__(self, key: str, problem: str, value: Any = MISSING):
+        self.key = key
+        got = "" if value is MISSING else f" (got {value!r})"
+        super().__init__(f"{key} {problem}{got}")
+
+
+def require(condition: bool, key: str, problem: str, value: Any = MISSING) -> None:
+    """Raise a ConfigError for ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, problem, value)
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 autocast on a CUDA device that supports it, fp32 otherwise
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@dataclass
+class PathsConfig:
+    results_dir: str = "results"
+    artifacts_dir: str = "artifacts"
+
+
+@dataclass
+class TinyModelConfig:
+    """A causal LM built from a config, with a byte-level BPE tokenizer trained on the task's text."""
+
+    architecture: str = "gpt2"  # gpt2 | llama
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    vocab_size: int = 1024
+    max_positions: int = 64
+
+    def __post_init__(self) -> None:
+        require(
+            self.architecture in ("gpt2", "llama"),
+            "model.tiny.architecture",
+            "must be one of gpt2, llama",
+            self.architecture,
+        )
+        require(
+            self.d_model % self.n_head == 0,
+            "model.tiny.d_model",
+            "must be divisible by model.tiny.n_head",
+            self.d_model,
+        )
+        require(
+            self.vocab_size >= 300,
+            "model.tiny.vocab_size",
+            "must be >= 300 (256 bytes + merges + special tokens)",
+            self.vocab_size,
+        )
+
+
+@dataclass
+class ModelConfig:
+    """The policy's base model: any Hugging Face causal LM by name or path, or the tiny one."""
+
+    name: str = "tiny"
+    name_or_path: str | None = None  # None: build the tiny model from `tiny`
+    revision: str | None = None
+    trust_remote_code: bool = False
+    init_seed: int = 0
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of the base model on the task's demonstrations (stage 1)."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 0, "sft.steps", "must be >= 0", self.steps)
+        require(self.batch_size >= 1, "sft.batch_size", "must be >= 1", self.batch_size)
+        require(self.lr > 0, "sft.lr", "must be > 0", self.lr)
+
+
+@dataclass
+class PreferenceConfig:
+    """Preference pairs sampled from the SFT policy and labelled by a simulated annotator.
+
+    The annotator prefers response a over b with probability
+    sigmoid((gold(a) - gold(b)) / temperature), then flips the label with probability
+    ``flip_prob`` (AlpacaFarm's label noise). Lower temperature means cleaner labels.
+    """
+
+    n_train: int = 4096
+    n_eval: int = 512
+    temperature: float = 0.1
+    flip_prob: float = 0.0
+    generation_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.n_train >= 1, "preferences.n_train", "must be >= 1", self.n_train)
+        require(self.n_eval >= 1, "preferences.n_eval", "must be >= 1", self.n_eval)
+        require(self.temperature > 0, "preferences.temperature", "must be > 0", self.temperature)
+        require(
+            0 <= self.flip_prob <= 0.5,
+            "preferences.flip_prob",
+            "must be in [0, 0.5]",
+            self.flip_prob,
+        )
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on held-out prompts: gold reward, proxy reward, KL to SFT, win rate vs SFT."""
+
+    name: str = "default"
+    n_prompts: int = 1024
+    batch_size: int = 256
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.n_prompts >= 2, "eval.n_prompts", "must be >= 2", self.n_prompts)
+        require(self.batch_size >= 1, "eval.batch_size", "must be >= 1", self.batch_size)
+        require(self.temperature > 0, "eval.temperature", "must be > 0", self.temperature)
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases. Offline by default: run files are written under the run folder."""
+
+    name: str = "wandb"
+    mode: WandbMode = WandbMode.offline
+    project: str = "rlhf-bench"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    task: Any = MISSING
+    model: ModelConfig = MISSING
+    method: Any = MISSING
+    reward_model: Any = MISSING
+    eval: EvalConfig = MISSING
+    logger: LoggerConfig = MISSING
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = Precision.auto
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        require(
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            "device",
+            "must be one of auto, cpu, cuda, cuda:N, mps",
+            self.device,
+        )
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from rlhf_bench.methods.ppo import PPOConfig
+    from rlhf_bench.rewards.bradley_terry import BradleyTerryConfig
+    from rlhf_bench.tasks.sentiment import SentimentTaskConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="rlhf_bench_schema", node=Config)
+    schemas = {
+        "task": {"sentiment": SentimentTaskConfig},
+        "model": {"model": ModelConfig},
+        "method": {"ppo": PPOConfig},
+        "reward_model": {"bradley_terry": BradleyTerryConfig},
+        "eval": {"eval": EvalConfig},
+        "logger": {"wandb": LoggerConfig},
+    }
+    for group, options in schemas.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)

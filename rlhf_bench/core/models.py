@@ -1,0 +1,153 @@
+"""Loading models the same way whether they come from the hub or from a local folder.
+
+The tiny default is built from a config and a tokenizer trained on the task's text, then
+saved with ``save_pretrained``; from there on it is loaded exactly as ``gpt2`` would be.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from rlhf_bench.config import TinyModelConfig
+
+PAD, EOS = "<|pad|>", "<|endoftext|>"
+
+
+def quiet_transformers() -> None:
+    """Silence load-time notices (newly initialised heads are expected here)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts``, wrapped for transformers.
+
+    Seeded with the full byte alphabet so that no text is ever unknown; left padding,
+    with its own pad token distinct from EOS.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=EOS, padding_side="left"
+    )
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer, seed: int) -> torch.nn.Module:
+    """A randomly initialised causal LM (GPT-2 or Llama style) sized for a CPU; dropout off."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if cfg.architecture == "gpt2":
+        config = GPT2Config(
+            n_layer=cfg.n_layer,
+            n_embd=cfg.d_model,
+            n_head=cfg.n_head,
+            n_positions=cfg.max_positions,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **ids,
+        )
+    else:
+        config = LlamaConfig(
+            num_hidden_layers=cfg.n_layer,
+            hidden_size=cfg.d_model,
+            intermediate_size=4 * cfg.d_model,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.n_head,
+            max_position_embeddings=cfg.max_positions,
+            tie_word_embeddings=True,
+            **ids,
+        )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    """A tokenizer set up for RL: left padding, and a pad token (EOS if the model has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _finish(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
+    model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
+    return model
+
+
+def load_causal_lm(
+    path: str, tokenizer, revision: str | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    return _finish(model, tokenizer)
+
+
+def load_scalar_model(
+    path: str, tokenizer, per_token: bool, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """A one-output head on a pretrained backbone: per sequence (reward model) or per token (value).
+
+    Loading a causal-LM or reward-model folder this way keeps the backbone's weights and
+    adds (or reuses) the head.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    quiet_transformers()
+    cls = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
+    model = cls.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
+    return _finish(model, tokenizer)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """RL fine-tuning runs without dropout: logprobs must be the same in rollout and update."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def banned_tokens(tokenizer) -> list[int]:
+    """Tokens never sampled: pad (when distinct from EOS), BOS (when distinct from EOS), UNK."""
+    banned = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    banned.discard(None)
+    banned.discard(tokenizer.eos_token_id)
+    return sorted(banned)
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,1 @@
+"""Evaluation of a policy: gold reward, proxy reward, KL to the reference, win rate."""

@@ -1,0 +1,1 @@
+"""One file per method; each exposes a config dataclass and ``train(ctx, cfg)``."""

@@ -1,0 +1,251 @@
+"""PPO for RLHF (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022).
+
+Maximise E[r(x, y)] - beta * KL(pi || pi_ref) with the clipped PPO objective (Schulman et
+al. 2017). Each step: sample responses from pi; score them with the reward model; build
+per-token rewards
+    r_t = -beta * kl_t             (kl_t = log pi(y_t|.) - log pi_ref(y_t|.), estimator k1)
+    r_T += score(x, y)             (at the last response token)
+estimate advantages with GAE(gamma, lambda) against a separate value model; then run
+``ppo_epochs`` epochs of ``num_minibatches`` minibatches of the clipped policy loss plus
+``vf_coef`` times the clipped value loss. beta is fixed or adapted towards ``target_kl``
+(Ziegler et al. 2019, Sec. 2.2).
+
+Implementation details from "The N Implementation Details of RLHF with PPO" (Huang et al.
+2023) and "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR" (Huang et
+al. 2024), each a switch: reward normalisation on SFT samples (in the reward-model stage),
+advantage whitening, optional reward whitening, value model initialised from the reward
+model, logprobs at the sampling temperature, dropout off, a score for responses without
+EOS, global gradient clipping.
+
+Deviations from the papers:
+  1. Defaults are sized for the tiny CPU model: a larger learning rate (1e-4 rather than
+     1e-5 / 1.41e-5) and fewer steps.
+  2. Policy and value models are separate networks updated by one optimizer on the sum of
+     their losses (as TRL does), rather than two optimizers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import trange
+
+from rlhf_bench.config import require
+from rlhf_bench.core import models
+from rlhf_bench.core.context import RunContext
+from rlhf_bench.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
+from rlhf_bench.core.ops import gae, last_token_index, masked_mean, masked_whiten
+from rlhf_bench.core.rollout import Rollout, response_logprobs, response_values, score_head
+from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step
+
+
+@dataclass
+class PPOConfig:
+    _target_: str = "rlhf_bench.methods.ppo.train"
+    name: str = "ppo"
+    steps: int = 60  # rollout batches
+    batch_size: int = 64  # prompts per rollout batch
+    num_minibatches: int = 4
+    ppo_epochs: int = 4
+    lr: float = 1e-4
+    temperature: float = 1.0
+    kl_coef: float = 0.05  # beta (initial value when adaptive)
+    adaptive_kl: bool = False
+    target_kl: float = 6.0  # nats per sequence (Ziegler et al. 2019)
+    kl_horizon: int = 10000
+    kl_estimator: str = "k1"
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    non_eos_penalty: float | None = (
+        None  # score given to responses without EOS (Huang et al. 2024 use -1)
+    )
+    max_grad_norm: float = 1.0
+    value_init: str = "reward_model"  # reward_model | sft
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 0, "method.steps", "must be >= 0", self.steps)
+        require(self.lr > 0, "method.lr", "must be > 0", self.lr)
+        require(self.kl_coef >= 0, "method.kl_coef", "must be >= 0", self.kl_coef)
+        require(self.temperature > 0, "method.temperature", "must be > 0", self.temperature)
+        require(self.target_kl > 0, "method.target_kl", "must be > 0", self.target_kl)
+        require(
+            self.num_minibatches >= 1,
+            "method.num_minibatches",
+            "must be >= 1",
+            self.num_minibatches,
+        )
+        require(
+            self.batch_size % self.num_minibatches == 0,
+            "method.batch_size",
+            f"must be divisible by method.num_minibatches={self.num_minibatches}",
+            self.batch_size,
+        )
+        require(
+            self.kl_estimator in KL_ESTIMATORS,
+            "method.kl_estimator",
+            f"must be one of {sorted(KL_ESTIMATORS)}",
+            self.kl_estimator,
+        )
+        require(
+            self.value_init in ("reward_model", "sft"),
+            "method.value_init",
+            "must be one of reward_model, sft",
+            self.value_init,
+        )
+        require(
+            0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "method.gamma/lam", "must be in [0, 1]"
+        )
+
+
+def load_value_model(ctx: RunContext, init: str) -> torch.nn.Module:
+    """A per-token value model; from the reward model, its head rescaled to the normalised score."""
+    if init == "sft":
+        return models.load_scalar_model(ctx.sft_path, ctx.tokenizer, per_token=True).to(ctx.device)
+    value = models.load_scalar_model(ctx.reward_model_path, ctx.tokenizer, per_token=True)
+    rm = models.load_scalar_model(ctx.reward_model_path, ctx.tokenizer, per_token=False)
+    head, rm_head = score_head(value), score_head(rm)
+    with torch.no_grad():
+        head.weight.copy_(rm_head.weight / ctx.reward_norm.std)
+        if head.bias is not None:
+            rm_bias = rm_head.bias if rm_head.bias is not None else torch.zeros(1)
+            head.bias.copy_((rm_bias - ctx.reward_norm.mean) / ctx.reward_norm.std)
+    return value.to(ctx.device)
+
+
+@torch.no_grad()
+def rollout(
+    ctx,
+    cfg: PPOConfig,
+    policy,
+    ref,
+    reward_model,
+    value,
+    prompts: list[str],
+    kl_coef: float,
+    generator,
+) -> Rollout:
+    """Sample, score and compute advantages for one batch of prompts."""
+    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode(prompts))
+    response_ids, mask = ctx.sample(policy, prompt_ids, prompt_mask, cfg.temperature, generator)
+    batch = (prompt_ids, prompt_mask, response_ids, mask)
+    with ctx.autocast():
+        logprobs, _ = response_logprobs(policy, *batch, temperature=cfg.temperature)
+        ref_logprobs, _ = response_logprobs(ref, *batch, temperature=cfg.temperature)
+        values = response_values(value, *batch)
+    scores = ctx.score(reward_model, *batch)
+    has_eos = (response_ids == ctx.tokenizer.eos_token_id).any(-1)
+    if cfg.non_eos_penalty is not None:
+        scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.non_eos_penalty))
+    mask = mask.float()
+    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    rewards = -kl_coef * kl
+    rewards[torch.arange(len(prompts)), last_token_index(mask)] += scores
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    gold = ctx.gold(prompts, response_ids, mask)
+    extras = dict(
+        logprobs=logprobs,
+        values=values,
+        advantages=advantages,
+        returns=returns,
+        scores=scores,
+        kl=kl.sum(-1),
+        gold=gold.to(scores.device),
+        has_eos=has_eos.float(),
+    )
+    return Rollout(prompt_ids, prompt_mask, response_ids, mask, extras)
+
+
+def update(
+    ctx, cfg: PPOConfig, policy, value, optimizer, data: Rollout, generator, step: int
+) -> dict[str, float]:
+    """``ppo_epochs`` passes of minibatch updates on one rollout batch; mean stats."""
+    stats: dict[str, list[float]] = defaultdict(list)
+    minibatch = len(data) // cfg.num_minibatches
+    for _ in range(cfg.ppo_epochs):
+        for index in batches(len(data), minibatch, generator):
+            mb = data.select(index)
+            batch = (mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+            with ctx.autocast():
+                logprobs, entropy = response_logprobs(
+                    policy, *batch, temperature=cfg.temperature, with_entropy=True
+                )
+                values = response_values(value, *batch)
+            x, mask = mb.extras, mb.response_mask
+            pg_loss, pg_stats = clipped_policy_loss(
+                logprobs, x["logprobs"], x["advantages"], mask, cfg.clip_range
+            )
+            vf_loss, vf_stats = clipped_value_loss(
+                values, x["values"], x["returns"], mask, cfg.clip_range_value
+            )
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            check_finite(loss, "ppo/loss", step)
+            grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
+            for key, val in {
+                **pg_stats,
+                **vf_stats,
+                "train/policy_loss": pg_loss.item(),
+                "value/loss": vf_loss.item(),
+                "policy/entropy": float(masked_mean(entropy, mask)),
+                "train/grad_norm": grad_norm,
+            }.items():
+                stats[key].append(val)
+            ctx.cost.tokens_trained += int(mb.prompt_mask.sum() + mask.sum())
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
+    """Run PPO from the SFT policy against the reward model; return the trained policy."""
+    policy = ctx.load_policy().train()
+    ref = ctx.load_reference()
+    reward_model = ctx.load_reward_model()
+    value = load_value_model(ctx, cfg.value_init).train()
+    optimizer = make_optimizer([*policy.parameters(), *value.parameters()], cfg.lr, eps=1e-5)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else FixedKLController(cfg.kl_coef)
+    )
+    seed = ctx.cfg.seed
+    prompt_gen = torch.Generator().manual_seed(seed)
+    sample_gen = torch.Generator(device=ctx.device).manual_seed(seed + 1)
+    prompts_all = ctx.task.train_prompts
+    for step in trange(cfg.steps, desc="PPO", unit="step", dynamic_ncols=True):
+        prompts = [
+            prompts_all[int(i)]
+            for i in torch.randint(len(prompts_all), (cfg.batch_size,), generator=prompt_gen)
+        ]
+        data = rollout(
+            ctx, cfg, policy, ref, reward_model, value, prompts, kl_ctl.value, sample_gen
+        )
+        x = data.extras
+        check_finite(x["scores"].mean(), "objective/score", step)
+        stats = update(ctx, cfg, policy, value, optimizer, data, prompt_gen, step)
+        mean_kl = float(x["kl"].mean())
+        ctx.tracker.log(
+            "ppo",
+            {
+                "train/ppo_step": step,
+                "objective/score": float(x["scores"].mean()),
+                "objective/gold_reward": float(x["gold"].mean()),
+                "objective/kl": mean_kl,
+                "objective/kl_coef": kl_ctl.value,
+                "objective/non_score_reward": -kl_ctl.value * mean_kl,
+                "objective/response_length": float(data.response_mask.sum(-1).mean()),
+                "objective/eos_fraction": float(x["has_eos"].mean()),
+                **stats,
+            },
+        )
+        kl_ctl.update(mean_kl, cfg.batch_size)
+    return policy

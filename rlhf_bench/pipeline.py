@@ -1,0 +1,321 @@
+"""The pipeline of one run, and the stage cache.
+
+    base model -> SFT -> preference pairs -> reward model -> method -> evaluation -> record
+
+Stages whose inputs are unchanged are not recomputed: their outputs live in
+``<artifacts_dir>/<stage>/<hash>/``, where the hash covers the config that produced them and
+the hash of the stage before. A sweep over methods and seeds therefore trains one SFT model
+and one reward model, and every method starts from the same checkpoint and is judged by the
+same reward model. Each stage is built in a temporary folder under a file lock and renamed
+into place, so concurrent workers build it once and nothing half-written is ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from rlhf_bench.config import Config
+from rlhf_bench.tracking.record import (
+    RECORD_VERSION,
+    git_commit,
+    package_versions,
+    write_json_atomic,
+)
+
+console = Console(stderr=True)
+STAGE_VERSION = 1  # bump when a stage's code changes what it produces
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, enums and containers -> JSON-ready dicts, lists and scalars."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def config_hash(key: dict[str, Any]) -> str:
+    """A short content hash of a JSON-ready dict."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class StageResult:
+    path: Path
+    hash: str
+    cached: bool
+    info: dict[str, Any]
+
+
+def cached_stage(
+    artifacts_dir: Path, stage: str, key: dict[str, Any], build: Callable[[Path], dict[str, Any]]
+) -> StageResult:
+    """Return the stage's output folder, building it with ``build(tmp_dir) -> info`` if absent."""
+    from filelock import FileLock
+
+    digest = config_hash({"stage": stage, "stage_version": STAGE_VERSION, **key})
+    root = artifacts_dir / stage
+    final = root / digest
+    meta = final / "stage.json"
+    if meta.exists():
+        return StageResult(final, digest, True, json.loads(meta.read_text())["info"])
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{digest}.lock")):
+        if meta.exists():  # another worker built it while we waited
+            return StageResult(final, digest, True, json.loads(meta.read_text())["info"])
+        tmp = root / f".{digest}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            start = time.perf_counter()
+            info = build(tmp)
+            info["wall_seconds"] = round(time.perf_counter() - start, 3)
+            write_json_atomic(
+                tmp / "stage.json",
+                {"stage": stage, "hash": digest, "key": key, "info": info, "created": _now()},
+            )
+            if final.exists():  # an incomplete folder without stage.json
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return StageResult(final, digest, False, info)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_run_id(cfg: Config) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.run_name or f"{cfg.task.name}-{cfg.method.name}-s{cfg.seed}"
+    return f"{stamp}-{name}-{secrets.token_hex(2)}"
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail before any training if ``folder`` cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(
+            f"cannot write to {what} {folder} ({exc.strerror}); set paths.{what} to a writable folder"
+        ) from None
+
+
+def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage for ``cfg``; return the run record (also written to disk)."""
+    from hydra.utils import get_class, get_method
+
+    from rlhf_bench.core import models
+    from rlhf_bench.core.context import RewardNormalization, RunContext
+    from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
+    from rlhf_bench.evaluation.gold import evaluate
+    from rlhf_bench.methods.sft import train_sft
+    from rlhf_bench.rewards.preferences import sample_preferences
+    from rlhf_bench.tracking.wandb_run import Tracker
+
+    models.quiet_transformers()
+    results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)
+    check_writable(results_dir, "results_dir")
+    check_writable(artifacts_dir, "artifacts_dir")
+    run_id = make_run_id(cfg)
+    run_dir = results_dir / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    record_path = run_dir / "record.json"
+    config_dict = to_plain(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.precision, device)
+    record: dict[str, Any] = {
+        "record_version": RECORD_VERSION,
+        "run_id": run_id,
+        "status": "running",
+        "error": None,
+        "created": _now(),
+        "finished": None,
+        "task": cfg.task.name,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "reward_model": cfg.reward_model.name,
+        "seed": cfg.seed,
+        "config": config_dict,
+        "overrides": list(overrides or []),
+        "git": git_commit(),
+        "versions": package_versions(),
+        "device": str(device),
+        "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+        "metrics": {},
+        "cost": {},
+        "artifacts": {},
+        "wandb": None,
+        "history": {},
+    }
+    write_json_atomic(record_path, record)
+    console.print(
+        f"[bold]rlhf-bench[/bold] run [cyan]{run_id}[/cyan]: task={cfg.task.name} model={cfg.model.name} "
+        f"reward_model={cfg.reward_model.name} method={cfg.method.name} seed={cfg.seed} device={device}"
+    )
+    tracker = Tracker(cfg.logger, run_dir, run_id.replace(".", "-")[-64:], run_id, config_dict)
+    record["wandb"] = {
+        "run_id": tracker.run_id,
+        "mode": tracker.mode,
+        "project": cfg.logger.project,
+        "dir": str(tracker.dir) if tracker.dir else None,
+    }
+    ctx = None
+    try:
+        seed_everything(cfg.seed)
+        task = get_class(cfg.task._target_)(cfg.task)
+        task_key = to_plain(cfg.task)
+
+        # 1. Base model: a hub model by name, or the tiny model built from a config.
+        if cfg.model.name_or_path is None:
+
+            def build_base(out: Path) -> dict[str, Any]:
+                tokenizer = models.train_tokenizer(task.sft_texts, cfg.model.tiny.vocab_size)
+                model = models.build_tiny_model(cfg.model.tiny, tokenizer, cfg.model.init_seed)
+                models.save_pretrained(model, tokenizer, out)
+                return {
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "vocab_size": len(tokenizer),
+                }
+
+            base = cached_stage(
+                artifacts_dir, "base", {"model": to_plain(cfg.model), "task": task_key}, build_base
+            )
+            base_path, base_key = str(base.path), base.hash
+        else:
+            base, base_path = None, cfg.model.name_or_path
+            base_key = {"name_or_path": base_path, "revision": cfg.model.revision}
+        tokenizer = models.load_tokenizer(
+            base_path, cfg.model.revision, cfg.model.trust_remote_code
+        )
+        ctx = RunContext(
+            cfg=cfg,
+            task=task,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+            tracker=tracker,
+            base_path=base_path,
+        )
+        if base is not None:
+            ctx.artifacts["base"] = _artifact(base)
+
+        # 2. SFT.
+        with ctx.cost.timed("sft"):
+            if cfg.sft.steps > 0:
+                sft = cached_stage(
+                    artifacts_dir,
+                    "sft",
+                    {"base": base_key, "task": task_key, "sft": to_plain(cfg.sft)},
+                    lambda out: train_sft(ctx, cfg.sft, base_path, out),
+                )
+                ctx.sft_path, sft_key = str(sft.path), sft.hash
+                ctx.artifacts["sft"] = _artifact(sft)
+            else:
+                ctx.sft_path, sft_key = base_path, base_key
+        # 3. Preference pairs from the SFT policy, labelled by the simulated annotator.
+        with ctx.cost.timed("preferences"):
+            prefs = cached_stage(
+                artifacts_dir,
+                "preferences",
+                {"sft": sft_key, "task": task_key, "preferences": to_plain(cfg.preferences)},
+                lambda out: sample_preferences(ctx, cfg.preferences, out),
+            )
+            ctx.artifacts["preferences"] = _artifact(prefs)
+        # 4. Reward model.
+        with ctx.cost.timed("reward_model"):
+            rm = cached_stage(
+                artifacts_dir,
+                "reward_model",
+                {
+                    "preferences": prefs.hash,
+                    "sft": sft_key,
+                    "reward_model": to_plain(cfg.reward_model),
+                },
+                lambda out: get_method(cfg.reward_model._target_)(
+                    ctx, cfg.reward_model, prefs.path, out
+                ),
+            )
+            ctx.reward_model_path = str(rm.path)
+            ctx.reward_norm = RewardNormalization(
+                rm.info.get("norm_mean", 0.0), rm.info.get("norm_std", 1.0)
+            )
+            ctx.artifacts["reward_model"] = _artifact(rm)
+        tracker.summary(
+            {
+                "eval/rm_accuracy": rm.info["accuracy"],
+                "eval/rm_gold_accuracy": rm.info["gold_accuracy"],
+            }
+        )
+        console.print(
+            f"reward model: held-out accuracy {rm.info['accuracy']:.3f}, "
+            f"agreement with gold {rm.info['gold_accuracy']:.3f}"
+            + (" (cached)" if rm.cached else "")
+        )
+
+        # 5. The method, from the SFT policy.
+        seed_everything(cfg.seed)
+        with ctx.cost.timed("policy"):
+            policy = get_method(cfg.method._target_)(ctx, cfg.method)
+        # 6. Evaluation against the SFT reference.
+        with ctx.cost.timed("eval"):
+            ref, reward_model = ctx.load_reference(), ctx.load_reward_model()
+            metrics = evaluate(
+                ctx, policy if policy is not None else ref, ref, reward_model, cfg.eval, cfg.seed
+            )
+        metrics["reward_model"] = {
+            "accuracy": rm.info["accuracy"],
+            "gold_accuracy": rm.info["gold_accuracy"],
+        }
+        if policy is not None:
+            policy_dir = artifacts_dir / "policy" / run_id
+            policy.save_pretrained(policy_dir, safe_serialization=True)
+            tokenizer.save_pretrained(policy_dir)
+            ctx.artifacts["policy"] = {"path": str(policy_dir)}
+        record["metrics"] = metrics
+        record["status"] = "finished"
+        tracker.summary({f"eval/{who}/{k}": v for who, m in metrics.items() for k, v in m.items()})
+    except BaseException as exc:
+        record["status"] = "failed"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record["finished"] = _now()
+        if ctx is not None:
+            record["cost"] = ctx.cost.to_dict()
+            record["artifacts"] = ctx.artifacts
+        record["history"] = tracker.history
+        if tracker.mode != "disabled":
+            tracker.summary(
+                {f"cost/{k}": v for k, v in record["cost"].items() if not isinstance(v, dict)}
+            )
+        tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
+        write_json_atomic(record_path, record)
+    record["record_path"] = str(record_path)
+    return record
+
+
+def _artifact(stage: StageResult) -> dict[str, Any]:
+    return {"path": str(stage.path), "hash": stage.hash, "cached": stage.cached, "info": stage.info}

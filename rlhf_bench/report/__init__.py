@@ -1,0 +1,1 @@
+"""Tables built from run records."""

@@ -1,0 +1,1 @@
+"""Reward-model variants, the simulated annotator and preference data."""

@@ -1,0 +1,117 @@
+"""Preference pairs sampled from the SFT policy and labelled by a simulated annotator.
+
+As in AlpacaFarm (Dubois et al. 2023) the annotator is simulated: here it is a
+Bradley-Terry chooser on the task's gold reward,
+    P(a preferred over b) = sigmoid((gold(a) - gold(b)) / temperature),
+whose label is then flipped with probability ``flip_prob`` (label noise).
+Pairs are written as JSONL ``{"prompt", "chosen", "rejected", ...}`` (the format user
+preference data comes in too), with the gold rewards and whether each response ended with EOS.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_bench.config import PreferenceConfig
+from rlhf_bench.core.context import RunContext
+
+
+def simulated_annotator(
+    gold_a: torch.Tensor,
+    gold_b: torch.Tensor,
+    temperature: float,
+    flip_prob: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """[N] gold rewards of two responses -> [N] bool, True where the annotator prefers a."""
+    p_a = torch.sigmoid((gold_a - gold_b) / temperature)
+    prefers_a = torch.rand(p_a.shape, generator=generator) < p_a
+    flip = torch.rand(p_a.shape, generator=generator) < flip_prob
+    return prefers_a ^ flip
+
+
+def _label_pairs(
+    ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig, generator, desc: str
+) -> list[dict]:
+    pairs = []
+    sample_gen = torch.Generator(device=ctx.device).manual_seed(
+        int(torch.randint(2**31, (1,), generator=generator))
+    )
+    half = max(1, cfg.generation_batch_size // 2)
+    for start in tqdm(range(0, len(prompts), half), desc=desc, unit="batch", dynamic_ncols=True):
+        chunk = prompts[start : start + half]
+        doubled = chunk + chunk  # two responses per prompt in one generation batch
+        ids, mask = ctx.pad_prompts(ctx.encode(doubled))
+        response_ids, response_mask = ctx.sample(
+            sft, ids, mask, temperature=1.0, generator=sample_gen
+        )
+        texts = ctx.decode(response_ids, response_mask)
+        finished = (response_ids == ctx.tokenizer.eos_token_id).any(-1).tolist()
+        gold = torch.tensor(ctx.task.gold_reward(doubled, texts))
+        n = len(chunk)
+        prefers_a = simulated_annotator(
+            gold[:n], gold[n:], cfg.temperature, cfg.flip_prob, generator
+        )
+        for i, prompt in enumerate(chunk):
+            a, b = (i, n + i) if prefers_a[i] else (n + i, i)
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": texts[a],
+                    "rejected": texts[b],
+                    "chosen_gold": float(gold[a]),
+                    "rejected_gold": float(gold[b]),
+                    "chosen_eos": finished[a],
+                    "rejected_eos": finished[b],
+                }
+            )
+    return pairs
+
+
+def sample_preferences(ctx: RunContext, cfg: PreferenceConfig, out_dir: Path) -> dict[str, float]:
+    """Write ``train.jsonl`` (train prompts) and ``eval.jsonl`` (held-out prompts) to ``out_dir``."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sft = ctx.load_policy().eval()
+    task = ctx.task
+    train_prompts = [
+        task.train_prompts[int(i)]
+        for i in torch.randint(len(task.train_prompts), (cfg.n_train,), generator=generator)
+    ]
+    eval_prompts = [
+        task.eval_prompts[int(i)]
+        for i in torch.randint(len(task.eval_prompts), (cfg.n_eval,), generator=generator)
+    ]
+    info: dict[str, float] = {}
+    for split, prompts in (("train", train_prompts), ("eval", eval_prompts)):
+        pairs = _label_pairs(ctx, sft, prompts, cfg, generator, desc=f"preference pairs ({split})")
+        write_jsonl(out_dir / f"{split}.jsonl", pairs)
+        decided = [p for p in pairs if p["chosen_gold"] != p["rejected_gold"]]
+        agree = sum(p["chosen_gold"] > p["rejected_gold"] for p in decided)
+        info[f"{split}_pairs"] = len(pairs)
+        info[f"{split}_label_gold_agreement"] = agree / max(1, len(decided))
+    return info
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a malformed line is an error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return rows

@@ -1,0 +1,1 @@
+"""W&B logging and the local run record."""

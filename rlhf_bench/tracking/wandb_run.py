@@ -1,0 +1,100 @@
+"""One W&B run per experiment: offline by default, online when the user has a key.
+
+Offline runs need no account: W&B writes ``<run folder>/wandb/offline-run-*/run-<id>.wandb``,
+which ``wandb sync`` uploads later and ``wandb beta leet`` / the reader in
+``rlhf_bench.tracking.wandb_files`` read back locally.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from rlhf_bench.config import LoggerConfig
+
+console = Console(stderr=True)
+
+
+class Tracker:
+    """Logs metrics to W&B and keeps a copy per stage for the run record."""
+
+    def __init__(
+        self, cfg: LoggerConfig, run_dir: Path, run_id: str, name: str, config: dict[str, Any]
+    ):
+        self.mode = getattr(cfg.mode, "value", cfg.mode)
+        self.history: dict[str, list[dict[str, float]]] = {}
+        self._step = 0
+        self._run = None
+        self.run_id = None
+        self.dir: Path | None = None
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        self._set_environment(run_dir)
+        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True)
+        try:
+            self._run = wandb.init(
+                project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group,
+                tags=list(cfg.tags),
+                name=name,
+                id=run_id,
+                config=config,
+                dir=str(run_dir),
+                mode=self.mode,
+                settings=settings,
+            )
+        except Exception as exc:  # online without network or key: keep going offline
+            if self.mode != "online":
+                raise
+            console.print(
+                f"[yellow]W&B online init failed ({exc}); logging offline instead.[/yellow]"
+            )
+            self.mode = "offline"
+            os.environ["WANDB_MODE"] = "offline"
+            self._run = wandb.init(
+                project=cfg.project,
+                name=name,
+                id=run_id,
+                config=config,
+                dir=str(run_dir),
+                mode="offline",
+                settings=settings,
+            )
+        self.run_id = self._run.id
+        self.dir = Path(self._run.dir).parent  # .../wandb/offline-run-<date>-<id>
+
+    def _set_environment(self, run_dir: Path) -> None:
+        # Everything W&B writes stays under the run folder (not the home folder).
+        os.environ["WANDB_MODE"] = self.mode
+        os.environ.setdefault("WANDB_SILENT", "true")
+        for var, sub in (
+            ("WANDB_CACHE_DIR", "cache"),
+            ("WANDB_DATA_DIR", "data"),
+            ("WANDB_CONFIG_DIR", "config"),
+        ):
+            if var not in os.environ:
+                os.environ[var] = str(run_dir / "wandb" / f".{sub}")
+
+    def log(self, stage: str, metrics: dict[str, float]) -> None:
+        """Log one step of ``stage`` (``sft``, ``reward_model``, ``ppo`` ...)."""
+        row = {k: float(v) for k, v in metrics.items()}
+        self.history.setdefault(stage, []).append(row)
+        self._step += 1
+        if self._run is not None:
+            self._run.log(row, step=self._step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self._run is not None:
+            for key, value in metrics.items():
+                self._run.summary[key] = value
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+            self._run = None

@@ -1,0 +1,69 @@
+import os
+
+import pytest
+import torch
+
+# W&B must never reach the network or the home folder from a test.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A tiny GPT-2 and its tokenizer, built from a config (no download)."""
+    from rlhf_bench.config import TinyModelConfig
+    from rlhf_bench.core import models
+    from rlhf_bench.tasks.sentiment import SentimentTask, SentimentTaskConfig
+
+    models.quiet_transformers()
+    task = SentimentTask(SentimentTaskConfig(n_sft=500, n_train_prompts=64, n_eval_prompts=32))
+    tok = models.train_tokenizer(task.sft_texts, 400)
+    cfg = TinyModelConfig(n_layer=2, d_model=32, n_head=2, vocab_size=400, max_positions=64)
+    model = models.build_tiny_model(cfg, tok, seed=0).eval()
+    return model, tok
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return tmp_path
+
+
+def fast_overrides(root) -> list[str]:
+    """Overrides for a run of every stage in seconds on a CPU."""
+    return [
+        f"paths.results_dir={root}/results",
+        f"paths.artifacts_dir={root}/artifacts",
+        "task.n_sft=2000",
+        "task.n_train_prompts=256",
+        "task.n_eval_prompts=64",
+        "task.max_response_tokens=12",
+        "model.tiny.n_layer=2",
+        "model.tiny.d_model=32",
+        "model.tiny.n_head=2",
+        "model.tiny.vocab_size=400",
+        "sft.steps=40",
+        "sft.batch_size=32",
+        "preferences.n_train=128",
+        "preferences.n_eval=64",
+        "reward_model.epochs=1",
+        "reward_model.min_gold_accuracy=0",
+        "reward_model.n_normalization_samples=64",
+        "method.steps=2",
+        "method.batch_size=16",
+        "method.num_minibatches=2",
+        "method.ppo_epochs=1",
+        "eval.n_prompts=32",
+        "device=cpu",
+    ]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,117 @@
+"""Config: every option of every group composes; bad input is one clear line and exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rlhf_bench.cli import compose, conf_dir, explain_config_error, load_config
+from rlhf_bench.config import Config, ConfigError
+from rlhf_bench.methods.ppo import PPOConfig
+
+GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir())
+
+
+def _options():
+    for group in GROUPS:
+        for yaml in sorted((conf_dir() / group).glob("*.yaml")):
+            yield f"{group}={yaml.stem}"
+
+
+@pytest.mark.parametrize("override", list(_options()))
+def test_every_group_option_composes_to_typed_config(override):
+    cfg = load_config([override])
+    assert isinstance(cfg, Config)
+    group, option = override.split("=")
+    assert getattr(cfg, group).name == option
+
+
+def test_default_config_keys():
+    cfg = load_config([])
+    assert cfg.seed == 0 and cfg.device == "auto"
+    assert cfg.paths.results_dir == "results" and cfg.paths.artifacts_dir == "artifacts"
+    assert cfg.logger.mode.value == "offline"
+    assert isinstance(cfg.method, PPOConfig)
+    assert (
+        cfg.task.name == "sentiment"
+        and cfg.model.name == "tiny"
+        and cfg.reward_model.name == "bradley_terry"
+    )
+
+
+def test_overrides_reach_typed_config():
+    cfg = load_config(["method=ppo", "seed=2", "method.kl_coef=0.2", "logger.mode=disabled"])
+    assert cfg.seed == 2 and cfg.method.kl_coef == 0.2 and cfg.logger.mode.value == "disabled"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["metod=ppo"], "unknown config key 'metod'. Did you mean: method"),
+        (
+            ["method=ppoo"],
+            "'ppoo' is not an option of config group 'method'. Available: ppo. Did you mean method=ppo?",
+        ),
+        (["method.lrr=1"], "unknown config key 'method.lrr'. Did you mean: method.lr"),
+        (["seed=abc"], "seed"),
+        (["method.lr=-1"], "method.lr must be > 0 (got -1.0)"),
+        (
+            ["method.batch_size=10"],
+            "method.batch_size must be divisible by method.num_minibatches=4",
+        ),
+        (["logger.mode=sometimes"], "logger.mode"),
+        (["preferences.temperature=0"], "preferences.temperature must be > 0"),
+        (["device=tpu"], "device must be one of auto, cpu, cuda, cuda:N, mps"),
+    ],
+)
+def test_config_errors_are_explained(overrides, expected):
+    with pytest.raises(Exception) as info:
+        load_config(overrides)
+    message = explain_config_error(info.value, overrides)
+    assert message.startswith("config error:")
+    assert expected in message
+
+
+def test_config_error_class_names_key():
+    err = ConfigError("method.lr", "must be > 0", -1.0)
+    assert str(err) == "method.lr must be > 0 (got -1.0)"
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["metod=ppo"], "unknown config key 'metod'"),
+        (["method=ppoo"], "Available: ppo"),
+        (["method.lr=-1"], "method.lr must be > 0"),
+    ],
+)
+def test_cli_exits_2_without_traceback(args, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    assert expected in output
+    assert "Traceback" not in output
+
+
+def test_cli_help_lists_groups(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0
+    for group in ("task:", "model:", "method:", "reward_model:", "eval:", "logger:"):
+        assert group in proc.stdout
+
+
+def test_compose_has_hydra_free_keys():
+    cfg = compose(["model=gpt2"])
+    assert cfg.model.name_or_path == "gpt2"

@@ -1,0 +1,146 @@
+"""End to end on a tiny config: every stage runs, the record and the W&B files hold the metrics,
+and a second run reuses the cached SFT and reward model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import fast_overrides
+
+from rlhf_bench import pipeline
+from rlhf_bench.cli import load_config
+from rlhf_bench.report.table import summary_rows, summary_table
+from rlhf_bench.tracking.wandb_files import read_offline_run
+
+METRICS = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    first = pipeline.run(load_config(fast_overrides(root) + ["seed=0"]))
+    second = pipeline.run(load_config(fast_overrides(root) + ["seed=1"]))
+    return root, first, second
+
+
+def test_record_has_every_field(two_runs):
+    root, record, _ = two_runs
+    on_disk = json.loads(Path(record["record_path"]).read_text())
+    assert on_disk["status"] == "finished" and on_disk["error"] is None
+    for key in (
+        "config",
+        "method",
+        "task",
+        "model",
+        "seed",
+        "git",
+        "versions",
+        "metrics",
+        "cost",
+        "artifacts",
+        "wandb",
+    ):
+        assert key in on_disk, key
+    assert on_disk["method"] == "ppo" and on_disk["task"] == "sentiment" and on_disk["seed"] == 0
+    assert on_disk["config"]["method"]["steps"] == 2
+    for who in ("policy", "sft"):
+        for metric in METRICS:
+            assert isinstance(on_disk["metrics"][who][metric], float), (who, metric)
+    assert on_disk["metrics"]["sft"]["kl"] == 0.0
+    assert on_disk["metrics"]["policy"]["kl"] != 0.0
+    assert 0.0 <= on_disk["metrics"]["reward_model"]["accuracy"] <= 1.0
+    cost = on_disk["cost"]
+    assert (
+        cost["tokens_generated"] > 0
+        and cost["tokens_trained"] > 0
+        and cost["wall_seconds"]["total"] > 0
+    )
+    assert on_disk["wandb"]["mode"] == "offline" and on_disk["wandb"]["run_id"]
+    assert len(on_disk["history"]["ppo"]) == 2
+    assert on_disk["versions"]["torch"]
+
+
+def test_second_run_reuses_sft_and_reward_model(two_runs):
+    _, first, second = two_runs
+    for stage in ("base", "sft", "preferences", "reward_model"):
+        assert first["artifacts"][stage]["cached"] is False, stage
+        assert second["artifacts"][stage]["cached"] is True, stage
+        assert first["artifacts"][stage]["path"] == second["artifacts"][stage]["path"]
+    assert "sft" not in second["history"]  # nothing was trained again
+    assert second["cost"]["tokens_trained"] < first["cost"]["tokens_trained"]
+
+
+def test_changed_stage_config_rebuilds_only_downstream(two_runs):
+    root, first, _ = two_runs
+    third = pipeline.run(
+        load_config(fast_overrides(root) + ["preferences.flip_prob=0.2", "logger.mode=disabled"])
+    )
+    assert third["artifacts"]["sft"]["cached"] is True
+    assert third["artifacts"]["preferences"]["cached"] is False
+    assert third["artifacts"]["reward_model"]["cached"] is False
+    assert third["wandb"]["mode"] == "disabled"
+
+
+def test_wandb_offline_files_hold_the_logged_metrics(two_runs):
+    _, record, _ = two_runs
+    run = read_offline_run(record["wandb"]["dir"])
+    assert run["state"] == "finished"
+    logged = run["history"]
+    assert any("train/sft_loss" in row for row in logged)
+    assert any("train/rm_loss" in row for row in logged)
+    ppo_rows = [row for row in logged if "objective/kl" in row]
+    assert len(ppo_rows) == 2
+    assert ppo_rows[-1]["objective/kl"] == pytest.approx(
+        record["history"]["ppo"][-1]["objective/kl"]
+    )
+    summary = run["summary"]
+    assert summary["eval/policy/gold_reward"] == pytest.approx(
+        record["metrics"]["policy"]["gold_reward"]
+    )
+    assert run["config"]["method"]["name"] == "ppo"
+
+
+def test_summary_table_is_built_from_the_record(two_runs):
+    _, record, _ = two_runs
+    rows = summary_rows(record)
+    assert [r["policy"] for r in rows] == ["sft (ref)", "ppo"]
+    assert rows[1]["gold_reward"] == record["metrics"]["policy"]["gold_reward"]
+    from rich.console import Console
+
+    console = Console(record=True, width=140)
+    console.print(summary_table(record))
+    text = console.export_text()
+    assert f"{record['metrics']['policy']['gold_reward']:.3f}" in text
+
+
+def test_cli_run_prints_table_and_paths(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_bench",
+            *fast_overrides(tmp_path),
+            "logger.mode=disabled",
+            "run_name=cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gold reward" in proc.stdout and "record:" in proc.stdout
+    records = list((tmp_path / "results" / "runs").glob("*-cli-*/record.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["status"] == "finished"
+
+
+def test_unwritable_results_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="paths.results_dir"):
+        pipeline.run(
+            load_config(fast_overrides(tmp_path) + [f"paths.results_dir={blocker}/results"])
+        )
+    assert not (tmp_path / "artifacts").exists()

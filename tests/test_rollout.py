@@ -1,0 +1,101 @@
+"""Generation and the shared forward passes, with left padding."""
+
+import torch
+
+from rlhf_bench.core import models
+from rlhf_bench.core.rollout import generate, pad, response_logprobs, sequence_scores
+
+
+def test_pad_left_and_right():
+    ids, mask = pad([[5, 6, 7], [8]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad([[5, 6, 7], [8]], pad_id=0, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_logprobs_do_not_depend_on_left_padding(tiny_lm):
+    model, tok = tiny_lm
+    short = tok("the movie", add_special_tokens=False)["input_ids"]
+    long = tok("i watched this movie last night and it was", add_special_tokens=False)["input_ids"]
+    resp = tok(" great .", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    p_ids, p_mask = pad([short, long], tok.pad_token_id, "left")
+    r_ids, r_mask = pad([resp, resp], tok.pad_token_id, "right")
+    batched, _ = response_logprobs(model, p_ids, p_mask, r_ids, r_mask)
+    alone_ids, alone_mask = pad([short], tok.pad_token_id, "left")
+    alone, _ = response_logprobs(model, alone_ids, alone_mask, r_ids[:1], r_mask[:1])
+    assert torch.allclose(batched[0], alone[0], atol=1e-5)
+
+    # Same check for the per-sequence reward-model score.
+    from transformers import AutoModelForSequenceClassification
+
+    config = type(model.config).from_dict({**model.config.to_dict(), "num_labels": 1})
+    rm = AutoModelForSequenceClassification.from_config(config).eval()
+    s_batched = sequence_scores(rm, p_ids, p_mask, r_ids, r_mask)
+    s_alone = sequence_scores(rm, alone_ids, alone_mask, r_ids[:1], r_mask[:1])
+    assert torch.allclose(s_batched[0], s_alone[0], atol=1e-5)
+
+
+def test_logprobs_match_a_plain_loop(tiny_lm):
+    """Vectorised response logprobs equal a token-by-token loop over full forward passes."""
+    model, tok = tiny_lm
+    prompt = tok("the film is", add_special_tokens=False)["input_ids"]
+    resp = tok(" very dull .", add_special_tokens=False)["input_ids"]
+    p_ids, p_mask = pad([prompt], tok.pad_token_id, "left")
+    r_ids, r_mask = pad([resp], tok.pad_token_id, "right")
+    fast, _ = response_logprobs(model, p_ids, p_mask, r_ids, r_mask, temperature=0.7)
+    slow = []
+    for t in range(len(resp)):
+        ctx = torch.tensor([prompt + resp[:t]])
+        logits = model(input_ids=ctx).logits[0, -1] / 0.7
+        slow.append(torch.log_softmax(logits, -1)[resp[t]].item())
+    assert torch.allclose(fast[0], torch.tensor(slow), atol=1e-5)
+
+
+def test_generation_with_left_padding_matches_unpadded(tiny_lm):
+    model, tok = tiny_lm
+    prompts = [
+        tok(t, add_special_tokens=False)["input_ids"]
+        for t in ("the movie was", "my friends said the plot was")
+    ]
+    ids, mask = pad(prompts, tok.pad_token_id, "left")
+    # A very low temperature makes sampling greedy, so the batch and the single run must agree.
+    kwargs = dict(
+        max_new_tokens=8,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        temperature=1e-4,
+        banned_token_ids=models.banned_tokens(tok),
+    )
+    batch_ids, batch_mask = generate(model, ids, mask, **kwargs)
+    for i, p in enumerate(prompts):
+        one_ids, one_mask = generate(
+            model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), **kwargs
+        )
+        n = int(one_mask.sum())
+        assert batch_ids[i, :n].tolist() == one_ids[0, :n].tolist()
+
+
+def test_generation_masks_after_eos_and_never_samples_pad(tiny_lm):
+    model, tok = tiny_lm
+    prompts = [tok("the movie was", add_special_tokens=False)["input_ids"]] * 64
+    ids, mask = pad(prompts, tok.pad_token_id, "left")
+    gen = torch.Generator().manual_seed(0)
+    r_ids, r_mask = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=10,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        temperature=1.0,
+        banned_token_ids=models.banned_tokens(tok),
+        generator=gen,
+    )
+    assert r_ids.shape[1] <= 10
+    for row, m in zip(r_ids.tolist(), r_mask.tolist()):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n)  # right padded
+        assert tok.pad_token_id not in row[:n]  # pad is banned
+        assert all(t == tok.pad_token_id for t in row[n:])
+        if tok.eos_token_id in row[:n]:
+            assert row.index(tok.eos_token_id) == n - 1  # the mask ends at the first EOS
