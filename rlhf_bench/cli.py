@@ -31,8 +31,6 @@ _NO_PREFLIGHT_FLAGS = {
     "--info",
     "--shell-completion",
     "-sc",
-    "--multirun",
-    "-m",
     "--resolve",
     "--package",
     "-p",
@@ -206,13 +204,44 @@ def _known_keys() -> list[str]:
     return sorted(set(walk(cfg)) | set(_groups()))
 
 
+def _jobs_to_check(overrides: list[str]) -> list[list[str]]:
+    """Override lists that together try every value of every sweep (``k=a,b,c``) once.
+
+    A sweep of several keys is not expanded into its product: each value is checked with the
+    first value of the other sweeps, which finds every bad key and bad value at a fraction of
+    the cost. Sweeps a sweeper samples (``interval(...)``) are checked by Hydra's own run.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values: list[list[str]] = []
+    for o in parsed:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            try:
+                values.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            except Exception:  # interval() and other sampled sweeps: no fixed values to check
+                values.append([])
+        else:
+            values.append([o.input_line])
+    base = [v[0] for v in values if v]
+    jobs = [base]
+    for i, options in enumerate(values):
+        for option in options[1:]:
+            job = list(base)
+            job[sum(1 for v in values[:i] if v)] = option
+            jobs.append(job)
+    return jobs
+
+
 def preflight(argv: list[str]) -> None:
-    """Compose and validate the config of this command line; exit 2 with a clear message if it is wrong."""
+    """Compose and validate the config(s) of this command line; exit 2 with a clear message if wrong."""
     overrides = _overrides(argv)
     if overrides is None:
         return
     try:
-        load_config(overrides)
+        for job in _jobs_to_check(overrides):
+            load_config(job)
     except Exception as exc:
         if _debug():
             raise
@@ -258,8 +287,8 @@ def print_paths(record: dict) -> None:
     wb = record.get("wandb") or {}
     if wb.get("dir"):
         out.print(
-            f"W&B run:   {wb['dir']} (mode {wb['mode']}; view with `wandb beta leet {wb['dir']}`,"
-            " upload with `wandb sync` once logged in)"
+            f"W&B run:   {wb['dir']} (mode {wb['mode']}; view: `wandb leet inspect --summary <dir>`;"
+            " upload: `wandb sync <dir>` once logged in)"
         )
     for stage, art in record.get("artifacts", {}).items():
         cached = " (cached)" if art.get("cached") else ""

@@ -123,30 +123,11 @@ def check_writable(folder: Path, what: str) -> None:
         ) from None
 
 
-def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage for ``cfg``; return the run record (also written to disk)."""
-    from hydra.utils import get_class, get_method
-
-    from rlhf_bench.core import models
-    from rlhf_bench.core.context import RewardNormalization, RunContext
-    from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
-    from rlhf_bench.evaluation.gold import evaluate
-    from rlhf_bench.methods.sft import train_sft
-    from rlhf_bench.rewards.preferences import sample_preferences
-    from rlhf_bench.tracking.wandb_run import Tracker
-
-    models.quiet_transformers()
-    results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)
-    check_writable(results_dir, "results_dir")
-    check_writable(artifacts_dir, "artifacts_dir")
-    run_id = make_run_id(cfg)
-    run_dir = results_dir / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    record_path = run_dir / "record.json"
-    config_dict = to_plain(cfg)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.precision, device)
-    record: dict[str, Any] = {
+def new_record(
+    cfg: Config, run_id: str, overrides: list[str] | None, device, dtype
+) -> dict[str, Any]:
+    """The record of a run that has just started (status ``running``)."""
+    return {
         "record_version": RECORD_VERSION,
         "run_id": run_id,
         "status": "running",
@@ -158,7 +139,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         "model": cfg.model.name,
         "reward_model": cfg.reward_model.name,
         "seed": cfg.seed,
-        "config": config_dict,
+        "config": to_plain(cfg),
         "overrides": list(overrides or []),
         "git": git_commit(),
         "versions": package_versions(),
@@ -170,12 +151,31 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         "wandb": None,
         "history": {},
     }
+
+
+def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage for ``cfg``; return the run record (also written to disk)."""
+    from rlhf_bench.core import models
+    from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
+    from rlhf_bench.tracking.wandb_run import Tracker
+
+    models.quiet_transformers()
+    results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)
+    check_writable(results_dir, "results_dir")
+    check_writable(artifacts_dir, "artifacts_dir")
+    run_id = make_run_id(cfg)
+    run_dir = results_dir / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    record_path = run_dir / "record.json"
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.precision, device)
+    record = new_record(cfg, run_id, overrides, device, dtype)
     write_json_atomic(record_path, record)
     console.print(
         f"[bold]rlhf-bench[/bold] run [cyan]{run_id}[/cyan]: task={cfg.task.name} model={cfg.model.name} "
         f"reward_model={cfg.reward_model.name} method={cfg.method.name} seed={cfg.seed} device={device}"
     )
-    tracker = Tracker(cfg.logger, run_dir, run_id.replace(".", "-")[-64:], run_id, config_dict)
+    tracker = Tracker(cfg.logger, run_dir, run_id, run_id, record["config"])
     record["wandb"] = {
         "run_id": tracker.run_id,
         "mode": tracker.mode,
@@ -185,118 +185,11 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     ctx = None
     try:
         seed_everything(cfg.seed)
-        task = get_class(cfg.task._target_)(cfg.task)
-        task_key = to_plain(cfg.task)
-
-        # 1. Base model: a hub model by name, or the tiny model built from a config.
-        if cfg.model.name_or_path is None:
-
-            def build_base(out: Path) -> dict[str, Any]:
-                tokenizer = models.train_tokenizer(task.sft_texts, cfg.model.tiny.vocab_size)
-                model = models.build_tiny_model(cfg.model.tiny, tokenizer, cfg.model.init_seed)
-                models.save_pretrained(model, tokenizer, out)
-                return {
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                    "vocab_size": len(tokenizer),
-                }
-
-            base = cached_stage(
-                artifacts_dir, "base", {"model": to_plain(cfg.model), "task": task_key}, build_base
-            )
-            base_path, base_key = str(base.path), base.hash
-        else:
-            base, base_path = None, cfg.model.name_or_path
-            base_key = {"name_or_path": base_path, "revision": cfg.model.revision}
-        tokenizer = models.load_tokenizer(
-            base_path, cfg.model.revision, cfg.model.trust_remote_code
-        )
-        ctx = RunContext(
-            cfg=cfg,
-            task=task,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=dtype,
-            tracker=tracker,
-            base_path=base_path,
-        )
-        if base is not None:
-            ctx.artifacts["base"] = _artifact(base)
-
-        # 2. SFT.
-        with ctx.cost.timed("sft"):
-            if cfg.sft.steps > 0:
-                sft = cached_stage(
-                    artifacts_dir,
-                    "sft",
-                    {"base": base_key, "task": task_key, "sft": to_plain(cfg.sft)},
-                    lambda out: train_sft(ctx, cfg.sft, base_path, out),
-                )
-                ctx.sft_path, sft_key = str(sft.path), sft.hash
-                ctx.artifacts["sft"] = _artifact(sft)
-            else:
-                ctx.sft_path, sft_key = base_path, base_key
-        # 3. Preference pairs from the SFT policy, labelled by the simulated annotator.
-        with ctx.cost.timed("preferences"):
-            prefs = cached_stage(
-                artifacts_dir,
-                "preferences",
-                {"sft": sft_key, "task": task_key, "preferences": to_plain(cfg.preferences)},
-                lambda out: sample_preferences(ctx, cfg.preferences, out),
-            )
-            ctx.artifacts["preferences"] = _artifact(prefs)
-        # 4. Reward model.
-        with ctx.cost.timed("reward_model"):
-            rm = cached_stage(
-                artifacts_dir,
-                "reward_model",
-                {
-                    "preferences": prefs.hash,
-                    "sft": sft_key,
-                    "reward_model": to_plain(cfg.reward_model),
-                },
-                lambda out: get_method(cfg.reward_model._target_)(
-                    ctx, cfg.reward_model, prefs.path, out
-                ),
-            )
-            ctx.reward_model_path = str(rm.path)
-            ctx.reward_norm = RewardNormalization(
-                rm.info.get("norm_mean", 0.0), rm.info.get("norm_std", 1.0)
-            )
-            ctx.artifacts["reward_model"] = _artifact(rm)
-        tracker.summary(
-            {
-                "eval/rm_accuracy": rm.info["accuracy"],
-                "eval/rm_gold_accuracy": rm.info["gold_accuracy"],
-            }
-        )
-        console.print(
-            f"reward model: held-out accuracy {rm.info['accuracy']:.3f}, "
-            f"agreement with gold {rm.info['gold_accuracy']:.3f}"
-            + (" (cached)" if rm.cached else "")
-        )
-
-        # 5. The method, from the SFT policy.
+        ctx = base_stage(cfg, tracker, device, dtype)
+        rm_info = preparation_stages(ctx)
         seed_everything(cfg.seed)
-        with ctx.cost.timed("policy"):
-            policy = get_method(cfg.method._target_)(ctx, cfg.method)
-        # 6. Evaluation against the SFT reference.
-        with ctx.cost.timed("eval"):
-            ref, reward_model = ctx.load_reference(), ctx.load_reward_model()
-            metrics = evaluate(
-                ctx, policy if policy is not None else ref, ref, reward_model, cfg.eval, cfg.seed
-            )
-        metrics["reward_model"] = {
-            "accuracy": rm.info["accuracy"],
-            "gold_accuracy": rm.info["gold_accuracy"],
-        }
-        if policy is not None:
-            policy_dir = artifacts_dir / "policy" / run_id
-            policy.save_pretrained(policy_dir, safe_serialization=True)
-            tokenizer.save_pretrained(policy_dir)
-            ctx.artifacts["policy"] = {"path": str(policy_dir)}
-        record["metrics"] = metrics
+        record["metrics"] = policy_and_evaluation(ctx, run_id, rm_info)
         record["status"] = "finished"
-        tracker.summary({f"eval/{who}/{k}": v for who, m in metrics.items() for k, v in m.items()})
     except BaseException as exc:
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -307,14 +200,140 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
             record["cost"] = ctx.cost.to_dict()
             record["artifacts"] = ctx.artifacts
         record["history"] = tracker.history
-        if tracker.mode != "disabled":
-            tracker.summary(
-                {f"cost/{k}": v for k, v in record["cost"].items() if not isinstance(v, dict)}
-            )
+        tracker.summary(
+            {f"cost/{k}": v for k, v in record["cost"].items() if not isinstance(v, dict)}
+        )
         tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
         write_json_atomic(record_path, record)
     record["record_path"] = str(record_path)
     return record
+
+
+def base_stage(cfg: Config, tracker, device, dtype):
+    """The task and the base model (a hub model by name, or the tiny one built from a config)."""
+    from hydra.utils import get_class
+
+    from rlhf_bench.core import models
+    from rlhf_bench.core.context import RunContext
+
+    task = get_class(cfg.task._target_)(cfg.task)
+    base = None
+    if cfg.model.name_or_path is None:
+
+        def build_base(out: Path) -> dict[str, Any]:
+            tokenizer = models.train_tokenizer(task.sft_texts, cfg.model.tiny.vocab_size)
+            model = models.build_tiny_model(cfg.model.tiny, tokenizer, cfg.model.init_seed)
+            models.save_pretrained(model, tokenizer, out)
+            return {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vocab_size": len(tokenizer),
+            }
+
+        key = {"model": to_plain(cfg.model), "task": to_plain(cfg.task)}
+        base = cached_stage(Path(cfg.paths.artifacts_dir), "base", key, build_base)
+        base_path, base_key = str(base.path), base.hash
+    else:
+        base_path = cfg.model.name_or_path
+        base_key = config_hash({"name_or_path": base_path, "revision": cfg.model.revision})
+    tokenizer = models.load_tokenizer(base_path, cfg.model.revision, cfg.model.trust_remote_code)
+    ctx = RunContext(
+        cfg=cfg,
+        task=task,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        tracker=tracker,
+        base_path=base_path,
+    )
+    ctx.stage_keys["base"] = base_key
+    if base is not None:
+        ctx.artifacts["base"] = _artifact(base)
+    return ctx
+
+
+def preparation_stages(ctx) -> dict[str, Any]:
+    """SFT, preference pairs and reward model, each cached; returns the reward model's info."""
+    from hydra.utils import get_method
+
+    from rlhf_bench.core.context import RewardNormalization
+    from rlhf_bench.methods.sft import train_sft
+    from rlhf_bench.rewards.preferences import sample_preferences
+
+    cfg, artifacts_dir = ctx.cfg, Path(ctx.cfg.paths.artifacts_dir)
+    task_key = to_plain(cfg.task)
+    with ctx.cost.timed("sft"):
+        if cfg.sft.steps > 0:
+            key = {"base": ctx.stage_keys["base"], "task": task_key, "sft": to_plain(cfg.sft)}
+            sft = cached_stage(
+                artifacts_dir, "sft", key, lambda out: train_sft(ctx, cfg.sft, ctx.base_path, out)
+            )
+            ctx.sft_path, ctx.stage_keys["sft"] = str(sft.path), sft.hash
+            ctx.artifacts["sft"] = _artifact(sft)
+        else:  # the base model is the SFT policy (e.g. an instruction-tuned hub model)
+            ctx.sft_path, ctx.stage_keys["sft"] = ctx.base_path, ctx.stage_keys["base"]
+    with ctx.cost.timed("preferences"):
+        key = {
+            "sft": ctx.stage_keys["sft"],
+            "task": task_key,
+            "preferences": to_plain(cfg.preferences),
+        }
+        prefs = cached_stage(
+            artifacts_dir,
+            "preferences",
+            key,
+            lambda out: sample_preferences(ctx, cfg.preferences, out),
+        )
+        ctx.artifacts["preferences"] = _artifact(prefs)
+    with ctx.cost.timed("reward_model"):
+        train_rm = get_method(cfg.reward_model._target_)
+        key = {
+            "preferences": prefs.hash,
+            "sft": ctx.stage_keys["sft"],
+            "reward_model": to_plain(cfg.reward_model),
+        }
+        rm = cached_stage(
+            artifacts_dir,
+            "reward_model",
+            key,
+            lambda out: train_rm(ctx, cfg.reward_model, prefs.path, out),
+        )
+        ctx.reward_model_path = str(rm.path)
+        ctx.reward_norm = RewardNormalization(
+            rm.info.get("norm_mean", 0.0), rm.info.get("norm_std", 1.0)
+        )
+        ctx.artifacts["reward_model"] = _artifact(rm)
+    ctx.tracker.summary(
+        {"eval/rm_accuracy": rm.info["accuracy"], "eval/rm_gold_accuracy": rm.info["gold_accuracy"]}
+    )
+    console.print(
+        f"reward model: held-out accuracy {rm.info['accuracy']:.3f}, agreement with gold {rm.info['gold_accuracy']:.3f}"
+        + (" (cached)" if rm.cached else "")
+    )
+    return rm.info
+
+
+def policy_and_evaluation(ctx, run_id: str, rm_info: dict[str, Any]) -> dict[str, Any]:
+    """Train the method from the SFT policy, save it, and evaluate it against the SFT reference."""
+    from hydra.utils import get_method
+
+    from rlhf_bench.evaluation.gold import evaluate
+
+    cfg = ctx.cfg
+    with ctx.cost.timed("policy"):
+        policy = get_method(cfg.method._target_)(ctx, cfg.method)
+    with ctx.cost.timed("eval"):
+        ref, reward_model = ctx.load_reference(), ctx.load_reward_model()
+        metrics = evaluate(ctx, policy, ref, reward_model, cfg.eval, cfg.seed)
+    metrics["reward_model"] = {
+        "accuracy": rm_info["accuracy"],
+        "gold_accuracy": rm_info["gold_accuracy"],
+    }
+    policy_dir = Path(cfg.paths.artifacts_dir) / "policy" / run_id
+    policy.save_pretrained(policy_dir, safe_serialization=True)
+    ctx.tokenizer.save_pretrained(policy_dir)
+    ctx.artifacts["policy"] = {"path": str(policy_dir)}
+    ctx.tracker.summary({f"eval/{who}/{k}": v for who, m in metrics.items() for k, v in m.items()})
+    return metrics
 
 
 def _artifact(stage: StageResult) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from rlhf_bench.cli import compose, conf_dir, explain_config_error, load_config
+from rlhf_bench.cli import _jobs_to_check, compose, conf_dir, explain_config_error, load_config
 from rlhf_bench.config import Config, ConfigError
 from rlhf_bench.methods.ppo import PPOConfig
 
@@ -83,6 +83,8 @@ def test_config_error_class_names_key():
         (["metod=ppo"], "unknown config key 'metod'"),
         (["method=ppoo"], "Available: ppo"),
         (["method.lr=-1"], "method.lr must be > 0"),
+        (["-m", "seed=0,1", "method=ppo,ppoo"], "Available: ppo"),
+        (["-m", "method.lr=1e-4,-1"], "method.lr must be > 0"),
     ],
 )
 def test_cli_exits_2_without_traceback(args, expected, tmp_path):
@@ -115,3 +117,11 @@ def test_cli_help_lists_groups(tmp_path):
 def test_compose_has_hydra_free_keys():
     cfg = compose(["model=gpt2"])
     assert cfg.model.name_or_path == "gpt2"
+
+
+def test_sweep_preflight_tries_every_value_once():
+    jobs = _jobs_to_check(["seed=0,1,2", "method=ppo", "method.lr=1e-4,2e-4"])
+    assert jobs[0] == ["seed=0", "method=ppo", "method.lr=0.0001"]
+    tried = {item for job in jobs for item in job}
+    assert {"seed=1", "seed=2", "method.lr=0.0002"} <= tried
+    assert len(jobs) == 4  # the first job plus one per extra value, not the 6-job product

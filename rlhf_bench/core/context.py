@@ -46,6 +46,7 @@ class RunContext:
     reward_model_path: str | None = None
     reward_norm: RewardNormalization = field(default_factory=RewardNormalization)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_keys: dict[str, str] = field(default_factory=dict)  # content hash of each stage's output
 
     def autocast(self):
         return autocast(self.device, self.dtype)

@@ -147,7 +147,7 @@ def rollout(
     mask = mask.float()
     kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
     rewards = -kl_coef * kl
-    rewards[torch.arange(len(prompts)), last_token_index(mask)] += scores
+    rewards[torch.arange(len(prompts), device=rewards.device), last_token_index(mask)] += scores
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)

@@ -1,0 +1,76 @@
+"""The config tree is found in a checkout and in an installed wheel (where it ships as rlhf_bench/conf)."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from rlhf_bench.cli import conf_dir
+
+
+def test_conf_dir_in_checkout():
+    folder = conf_dir()
+    assert (folder / "config.yaml").is_file()
+    assert (folder / "method" / "ppo.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_installed_wheel_carries_and_finds_conf(tmp_path):
+    repo = conf_dir().parent
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("rlhf_bench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "rlhf_bench/conf/config.yaml" in names
+    assert "rlhf_bench/conf/method/ppo.yaml" in names
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rlhf_bench.cli import conf_dir, load_config; print(conf_dir()); print(load_config([]).method.name)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    found, method = probe.stdout.split()
+    assert found == str(target / "rlhf_bench" / "conf")
+    assert method == "ppo"
