@@ -60,10 +60,7 @@ def conf_dir() -> Path:
 
 
 def _debug() -> bool:
-    return (
-        os.environ.get("RLHF_BENCH_DEBUG", "") not in ("", "0")
-        or os.environ.get("HYDRA_FULL_ERROR") == "1"
-    )
+    return os.environ.get("RLHF_BENCH_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def _overrides(argv: list[str]) -> list[str] | None:
@@ -120,7 +117,9 @@ def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
         choices = _group_options(group) if group else []
         if group and choices:
             hint = difflib.get_close_matches(option or "", choices, n=1)
-            msg = f"config error: '{option}' is not an option of config group '{group}'. Available: {', '.join(choices)}."
+            msg = (
+                f"config error: '{option}' is not an option of config group '{group}'. Available: {', '.join(choices)}."
+            )
             return msg + (f" Did you mean {group}={hint[0]}?" if hint else "")
         return "config error: " + " ".join(text.split())
     cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -136,17 +135,10 @@ def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
         msg = f"config error: unknown config key '{key}'." if key else f"config error: {message}"
         if hint:
             msg += f" Did you mean: {', '.join(hint)}?"
-        return (
-            msg
-            + f" Top-level keys and groups: {', '.join(top)}. (rlhf-bench --help lists them all.)"
-        )
+        return msg + f" Top-level keys and groups: {', '.join(top)}. (rlhf-bench --help lists them all.)"
     if isinstance(cause, OmegaConfBaseException) or isinstance(exc, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
-        return (
-            f"config error: {key}: {first_line.strip()}"
-            if key
-            else f"config error: {first_line.strip()}"
-        )
+        return f"config error: {key}: {first_line.strip()}" if key else f"config error: {first_line.strip()}"
     return f"config error: {type(exc).__name__}: {message}"
 
 
@@ -245,7 +237,7 @@ def preflight(argv: list[str]) -> None:
     except Exception as exc:
         if _debug():
             raise
-        console.print(escape(explain_config_error(exc, overrides)), style="red", highlight=False)
+        console.print(escape(explain_config_error(exc, overrides)), style="red", highlight=False, soft_wrap=True)
         sys.exit(EXIT_CONFIG_ERROR)
 
 
@@ -262,7 +254,7 @@ def run_job(cfg) -> None:
     except Exception as exc:
         if _debug():
             raise
-        console.print(escape(explain_config_error(exc, [])), style="red", highlight=False)
+        console.print(escape(explain_config_error(exc, [])), style="red", highlight=False, soft_wrap=True)
         sys.exit(EXIT_CONFIG_ERROR)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     try:
@@ -270,12 +262,8 @@ def run_job(cfg) -> None:
     except (OSError, RuntimeError) as exc:
         if _debug():
             raise
-        console.print(
-            escape(f"run failed: {type(exc).__name__}: {exc}"), style="red", highlight=False
-        )
-        console.print(
-            "(RLHF_BENCH_DEBUG=1 shows the stack trace; the run record says status=failed.)"
-        )
+        console.print(escape(f"run failed: {type(exc).__name__}: {exc}"), style="red", highlight=False, soft_wrap=True)
+        console.print("(RLHF_BENCH_DEBUG=1 shows the stack trace; the run record says status=failed.)")
         sys.exit(EXIT_RUN_FAILED)
     Console(width=max(Console().width, 110)).print(summary_table(record))
     print_paths(record)

@@ -197,8 +197,20 @@ def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    from rlhf_bench.methods.best_of_n import BestOfNConfig
+    from rlhf_bench.methods.dpo import DPOConfig
+    from rlhf_bench.methods.expert_iteration import ExpertIterationConfig
+    from rlhf_bench.methods.grpo import GRPOConfig
+    from rlhf_bench.methods.ipo import IPOConfig
+    from rlhf_bench.methods.kto import KTOConfig
     from rlhf_bench.methods.ppo import PPOConfig
+    from rlhf_bench.methods.rloo import RLOOConfig
+    from rlhf_bench.methods.sft import SFTMethodConfig
+    from rlhf_bench.methods.simpo import SimPOConfig
     from rlhf_bench.rewards.bradley_terry import BradleyTerryConfig
+    from rlhf_bench.rewards.ensemble import EnsembleConfig
+    from rlhf_bench.rewards.gold import GoldConfig
+    from rlhf_bench.rewards.margin import MarginConfig
     from rlhf_bench.tasks.sentiment import SentimentTaskConfig
 
     cs = ConfigStore.instance()
@@ -206,8 +218,24 @@ def register_configs() -> None:
     schemas = {
         "task": {"sentiment": SentimentTaskConfig},
         "model": {"model": ModelConfig},
-        "method": {"ppo": PPOConfig},
-        "reward_model": {"bradley_terry": BradleyTerryConfig},
+        "method": {
+            "sft": SFTMethodConfig,
+            "ppo": PPOConfig,
+            "best_of_n": BestOfNConfig,
+            "dpo": DPOConfig,
+            "ipo": IPOConfig,
+            "simpo": SimPOConfig,
+            "kto": KTOConfig,
+            "rloo": RLOOConfig,
+            "grpo": GRPOConfig,
+            "expert_iteration": ExpertIterationConfig,
+        },
+        "reward_model": {
+            "bradley_terry": BradleyTerryConfig,
+            "margin": MarginConfig,
+            "ensemble": EnsembleConfig,
+            "gold": GoldConfig,
+        },
         "eval": {"eval": EvalConfig},
         "logger": {"wandb": LoggerConfig},
     }

@@ -36,7 +36,7 @@ from rlhf_bench.tracking.record import (
 )
 
 console = Console(stderr=True)
-STAGE_VERSION = 1  # bump when a stage's code changes what it produces
+STAGE_VERSION = 2  # bump when a stage's code changes what it produces
 
 
 def to_plain(obj: Any) -> Any:
@@ -123,9 +123,7 @@ def check_writable(folder: Path, what: str) -> None:
         ) from None
 
 
-def new_record(
-    cfg: Config, run_id: str, overrides: list[str] | None, device, dtype
-) -> dict[str, Any]:
+def new_record(cfg: Config, run_id: str, overrides: list[str] | None, device, dtype) -> dict[str, Any]:
     """The record of a run that has just started (status ``running``)."""
     return {
         "record_version": RECORD_VERSION,
@@ -200,9 +198,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
             record["cost"] = ctx.cost.to_dict()
             record["artifacts"] = ctx.artifacts
         record["history"] = tracker.history
-        tracker.summary(
-            {f"cost/{k}": v for k, v in record["cost"].items() if not isinstance(v, dict)}
-        )
+        tracker.summary({f"cost/{k}": v for k, v in record["cost"].items() if not isinstance(v, dict)})
         tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
         write_json_atomic(record_path, record)
     record["record_path"] = str(record_path)
@@ -255,7 +251,6 @@ def preparation_stages(ctx) -> dict[str, Any]:
     """SFT, preference pairs and reward model, each cached; returns the reward model's info."""
     from hydra.utils import get_method
 
-    from rlhf_bench.core.context import RewardNormalization
     from rlhf_bench.methods.sft import train_sft
     from rlhf_bench.rewards.preferences import sample_preferences
 
@@ -264,9 +259,7 @@ def preparation_stages(ctx) -> dict[str, Any]:
     with ctx.cost.timed("sft"):
         if cfg.sft.steps > 0:
             key = {"base": ctx.stage_keys["base"], "task": task_key, "sft": to_plain(cfg.sft)}
-            sft = cached_stage(
-                artifacts_dir, "sft", key, lambda out: train_sft(ctx, cfg.sft, ctx.base_path, out)
-            )
+            sft = cached_stage(artifacts_dir, "sft", key, lambda out: train_sft(ctx, cfg.sft, ctx.base_path, out))
             ctx.sft_path, ctx.stage_keys["sft"] = str(sft.path), sft.hash
             ctx.artifacts["sft"] = _artifact(sft)
         else:  # the base model is the SFT policy (e.g. an instruction-tuned hub model)
@@ -284,6 +277,7 @@ def preparation_stages(ctx) -> dict[str, Any]:
             lambda out: sample_preferences(ctx, cfg.preferences, out),
         )
         ctx.artifacts["preferences"] = _artifact(prefs)
+        ctx.preferences_path = str(prefs.path)
     with ctx.cost.timed("reward_model"):
         train_rm = get_method(cfg.reward_model._target_)
         key = {
@@ -298,13 +292,8 @@ def preparation_stages(ctx) -> dict[str, Any]:
             lambda out: train_rm(ctx, cfg.reward_model, prefs.path, out),
         )
         ctx.reward_model_path = str(rm.path)
-        ctx.reward_norm = RewardNormalization(
-            rm.info.get("norm_mean", 0.0), rm.info.get("norm_std", 1.0)
-        )
         ctx.artifacts["reward_model"] = _artifact(rm)
-    ctx.tracker.summary(
-        {"eval/rm_accuracy": rm.info["accuracy"], "eval/rm_gold_accuracy": rm.info["gold_accuracy"]}
-    )
+    ctx.tracker.summary({"eval/rm_accuracy": rm.info["accuracy"], "eval/rm_gold_accuracy": rm.info["gold_accuracy"]})
     console.print(
         f"reward model: held-out accuracy {rm.info['accuracy']:.3f}, agreement with gold {rm.info['gold_accuracy']:.3f}"
         + (" (cached)" if rm.cached else "")
@@ -322,14 +311,14 @@ def policy_and_evaluation(ctx, run_id: str, rm_info: dict[str, Any]) -> dict[str
     with ctx.cost.timed("policy"):
         policy = get_method(cfg.method._target_)(ctx, cfg.method)
     with ctx.cost.timed("eval"):
-        ref, reward_model = ctx.load_reference(), ctx.load_reward_model()
-        metrics = evaluate(ctx, policy, ref, reward_model, cfg.eval, cfg.seed)
+        ref, reward = ctx.load_reference(), ctx.load_reward()
+        metrics = evaluate(ctx, policy, ref, reward, cfg.eval, cfg.seed)
     metrics["reward_model"] = {
         "accuracy": rm_info["accuracy"],
         "gold_accuracy": rm_info["gold_accuracy"],
     }
     policy_dir = Path(cfg.paths.artifacts_dir) / "policy" / run_id
-    policy.save_pretrained(policy_dir, safe_serialization=True)
+    policy.save_pretrained(policy_dir)  # safetensors for models; best-of-n writes its spec
     ctx.tokenizer.save_pretrained(policy_dir)
     ctx.artifacts["policy"] = {"path": str(policy_dir)}
     ctx.tracker.summary({f"eval/{who}/{k}": v for who, m in metrics.items() for k, v in m.items()})

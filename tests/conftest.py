@@ -31,33 +31,34 @@ def wandb_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def fast_overrides(root) -> list[str]:
-    """Overrides for a run of every stage in seconds on a CPU."""
-    return [
-        f"paths.results_dir={root}/results",
-        f"paths.artifacts_dir={root}/artifacts",
-        "task.n_sft=2000",
-        "task.n_train_prompts=256",
-        "task.n_eval_prompts=64",
-        "task.max_response_tokens=12",
-        "model.tiny.n_layer=2",
-        "model.tiny.d_model=32",
-        "model.tiny.n_head=2",
-        "model.tiny.vocab_size=400",
-        "sft.steps=40",
-        "sft.batch_size=32",
-        "preferences.n_train=128",
-        "preferences.n_eval=64",
-        "reward_model.epochs=1",
-        "reward_model.min_gold_accuracy=0",
-        "reward_model.n_normalization_samples=64",
-        "method.steps=2",
-        "method.batch_size=16",
-        "method.num_minibatches=2",
-        "method.ppo_epochs=1",
-        "eval.n_prompts=32",
-        "device=cpu",
-    ]
+RM_FAST = ["reward_model.epochs=1", "reward_model.min_gold_accuracy=0", "reward_model.n_normalization_samples=64"]
+
+
+def fast_overrides(root, ppo: bool = True, reward_model: bool = True) -> list[str]:
+    """Overrides for a run of every stage in seconds on a CPU; ``ppo`` and ``reward_model`` add the
+    budgets of the default PPO and Bradley-Terry options (leave them out for other options)."""
+    return (
+        [
+            f"paths.results_dir={root}/results",
+            f"paths.artifacts_dir={root}/artifacts",
+            "task.n_sft=2000",
+            "task.n_train_prompts=256",
+            "task.n_eval_prompts=64",
+            "task.max_response_tokens=12",
+            "model.tiny.n_layer=2",
+            "model.tiny.d_model=32",
+            "model.tiny.n_head=2",
+            "model.tiny.vocab_size=400",
+            "sft.steps=40",
+            "sft.batch_size=32",
+            "preferences.n_train=128",
+            "preferences.n_eval=64",
+            "eval.n_prompts=32",
+            "device=cpu",
+        ]
+        + (["method.steps=2", "method.batch_size=16", "method.num_minibatches=2", "method.ppo_epochs=1"] if ppo else [])
+        + (RM_FAST if reward_model else [])
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,11 +32,7 @@ def test_default_config_keys():
     assert cfg.paths.results_dir == "results" and cfg.paths.artifacts_dir == "artifacts"
     assert cfg.logger.mode.value == "offline"
     assert isinstance(cfg.method, PPOConfig)
-    assert (
-        cfg.task.name == "sentiment"
-        and cfg.model.name == "tiny"
-        and cfg.reward_model.name == "bradley_terry"
-    )
+    assert cfg.task.name == "sentiment" and cfg.model.name == "tiny" and cfg.reward_model.name == "bradley_terry"
 
 
 def test_overrides_reach_typed_config():
@@ -50,7 +46,7 @@ def test_overrides_reach_typed_config():
         (["metod=ppo"], "unknown config key 'metod'. Did you mean: method"),
         (
             ["method=ppoo"],
-            "'ppoo' is not an option of config group 'method'. Available: ppo. Did you mean method=ppo?",
+            "'ppoo' is not an option of config group 'method'. Available: best_of_n, dpo, expert_iteration, grpo, ipo, kto, ppo, rloo, sft, simpo. Did you mean method=ppo?",
         ),
         (["method.lrr=1"], "unknown config key 'method.lrr'. Did you mean: method.lr"),
         (["seed=abc"], "seed"),
@@ -81,9 +77,9 @@ def test_config_error_class_names_key():
     "args, expected",
     [
         (["metod=ppo"], "unknown config key 'metod'"),
-        (["method=ppoo"], "Available: ppo"),
+        (["method=ppoo"], "Did you mean method=ppo?"),
         (["method.lr=-1"], "method.lr must be > 0"),
-        (["-m", "seed=0,1", "method=ppo,ppoo"], "Available: ppo"),
+        (["-m", "seed=0,1", "method=ppo,ppoo"], "Did you mean method=ppo?"),
         (["-m", "method.lr=1e-4,-1"], "method.lr must be > 0"),
     ],
 )

@@ -22,9 +22,7 @@ def hub_style_folder(tmp_path_factory):
     tok = PreTrainedTokenizerFast(
         tokenizer_object=trained.backend_tokenizer, eos_token=models.EOS, bos_token=models.EOS
     )
-    model = models.build_tiny_model(
-        TinyModelConfig(n_layer=2, d_model=32, n_head=2, vocab_size=400), tok, seed=0
-    )
+    model = models.build_tiny_model(TinyModelConfig(n_layer=2, d_model=32, n_head=2, vocab_size=400), tok, seed=0)
     models.save_pretrained(model, tok, folder)
     return folder
 

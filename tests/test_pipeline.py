@@ -52,11 +52,7 @@ def test_record_has_every_field(two_runs):
     assert on_disk["metrics"]["policy"]["kl"] != 0.0
     assert 0.0 <= on_disk["metrics"]["reward_model"]["accuracy"] <= 1.0
     cost = on_disk["cost"]
-    assert (
-        cost["tokens_generated"] > 0
-        and cost["tokens_trained"] > 0
-        and cost["wall_seconds"]["total"] > 0
-    )
+    assert cost["tokens_generated"] > 0 and cost["tokens_trained"] > 0 and cost["wall_seconds"]["total"] > 0
     assert on_disk["wandb"]["mode"] == "offline" and on_disk["wandb"]["run_id"]
     assert len(on_disk["history"]["ppo"]) == 2
     assert on_disk["versions"]["torch"]
@@ -74,9 +70,7 @@ def test_second_run_reuses_sft_and_reward_model(two_runs):
 
 def test_changed_stage_config_rebuilds_only_downstream(two_runs):
     root, first, _ = two_runs
-    third = pipeline.run(
-        load_config(fast_overrides(root) + ["preferences.flip_prob=0.2", "logger.mode=disabled"])
-    )
+    third = pipeline.run(load_config(fast_overrides(root) + ["preferences.flip_prob=0.2", "logger.mode=disabled"]))
     assert third["artifacts"]["sft"]["cached"] is True
     assert third["artifacts"]["preferences"]["cached"] is False
     assert third["artifacts"]["reward_model"]["cached"] is False
@@ -92,13 +86,9 @@ def test_wandb_offline_files_hold_the_logged_metrics(two_runs):
     assert any("train/rm_loss" in row for row in logged)
     ppo_rows = [row for row in logged if "objective/kl" in row]
     assert len(ppo_rows) == 2
-    assert ppo_rows[-1]["objective/kl"] == pytest.approx(
-        record["history"]["ppo"][-1]["objective/kl"]
-    )
+    assert ppo_rows[-1]["objective/kl"] == pytest.approx(record["history"]["ppo"][-1]["objective/kl"])
     summary = run["summary"]
-    assert summary["eval/policy/gold_reward"] == pytest.approx(
-        record["metrics"]["policy"]["gold_reward"]
-    )
+    assert summary["eval/policy/gold_reward"] == pytest.approx(record["metrics"]["policy"]["gold_reward"])
     assert run["config"]["method"]["name"] == "ppo"
 
 
@@ -140,7 +130,5 @@ def test_unwritable_results_dir_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="paths.results_dir"):
-        pipeline.run(
-            load_config(fast_overrides(tmp_path) + [f"paths.results_dir={blocker}/results"])
-        )
+        pipeline.run(load_config(fast_overrides(tmp_path) + [f"paths.results_dir={blocker}/results"]))
     assert not (tmp_path / "artifacts").exists()

@@ -53,10 +53,7 @@ def test_logprobs_match_a_plain_loop(tiny_lm):
 
 def test_generation_with_left_padding_matches_unpadded(tiny_lm):
     model, tok = tiny_lm
-    prompts = [
-        tok(t, add_special_tokens=False)["input_ids"]
-        for t in ("the movie was", "my friends said the plot was")
-    ]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("the movie was", "my friends said the plot was")]
     ids, mask = pad(prompts, tok.pad_token_id, "left")
     # A very low temperature makes sampling greedy, so the batch and the single run must agree.
     kwargs = dict(
@@ -68,9 +65,7 @@ def test_generation_with_left_padding_matches_unpadded(tiny_lm):
     )
     batch_ids, batch_mask = generate(model, ids, mask, **kwargs)
     for i, p in enumerate(prompts):
-        one_ids, one_mask = generate(
-            model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), **kwargs
-        )
+        one_ids, one_mask = generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), **kwargs)
         n = int(one_mask.sum())
         assert batch_ids[i, :n].tolist() == one_ids[0, :n].tolist()
 

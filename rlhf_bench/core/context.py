@@ -16,20 +16,9 @@ import torch
 from rlhf_bench.config import Config
 from rlhf_bench.core import models
 from rlhf_bench.core.device import autocast
-from rlhf_bench.core.rollout import generate, pad, sequence_scores
+from rlhf_bench.core.rollout import generate, pad
 from rlhf_bench.core.train import Cost
 from rlhf_bench.tracking.wandb_run import Tracker
-
-
-@dataclass
-class RewardNormalization:
-    """Affine normalisation of the reward model's score: (score - mean) / std (Ziegler et al. 2019)."""
-
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
-        return (scores - self.mean) / self.std
 
 
 @dataclass
@@ -43,8 +32,8 @@ class RunContext:
     cost: Cost = field(default_factory=Cost)
     base_path: str | None = None
     sft_path: str | None = None
+    preferences_path: str | None = None
     reward_model_path: str | None = None
-    reward_norm: RewardNormalization = field(default_factory=RewardNormalization)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_keys: dict[str, str] = field(default_factory=dict)  # content hash of each stage's output
 
@@ -59,9 +48,9 @@ class RunContext:
     def load_policy(self, path: str | None = None) -> torch.nn.Module:
         """A causal LM from ``path`` (default: the SFT checkpoint), on the run's device."""
         m = self.cfg.model
-        return models.load_causal_lm(
-            path or self.sft_path, self.tokenizer, trust_remote_code=m.trust_remote_code
-        ).to(self.device)
+        return models.load_causal_lm(path or self.sft_path, self.tokenizer, trust_remote_code=m.trust_remote_code).to(
+            self.device
+        )
 
     def load_reference(self) -> torch.nn.Module:
         """The frozen SFT policy that KL is measured against."""
@@ -69,14 +58,11 @@ class RunContext:
         ref.requires_grad_(False)
         return ref
 
-    def load_reward_model(self) -> torch.nn.Module:
-        rm = (
-            models.load_scalar_model(self.reward_model_path, self.tokenizer, per_token=False)
-            .to(self.device)
-            .eval()
-        )
-        rm.requires_grad_(False)
-        return rm
+    def load_reward(self):
+        """The reward the method optimises (a reward model, an ensemble, or the gold reward)."""
+        from rlhf_bench.rewards.reward import load_reward
+
+        return load_reward(self, self.reward_model_path)
 
     # --- data ---------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[list[int]]:
@@ -89,9 +75,7 @@ class RunContext:
         """Response texts without the pad and EOS tokens."""
         eos = self.tokenizer.eos_token_id
         return [
-            self.tokenizer.decode(
-                [t for t, m in zip(row.tolist(), mrow.tolist()) if m and t != eos]
-            )
+            self.tokenizer.decode([t for t, m in zip(row.tolist(), mrow.tolist()) if m and t != eos])
             for row, mrow in zip(response_ids.cpu(), response_mask.cpu())
         ]
 
@@ -124,20 +108,13 @@ class RunContext:
         return out
 
     @torch.no_grad()
-    def score(
-        self, reward_model: torch.nn.Module, prompt_ids, prompt_mask, response_ids, response_mask
-    ) -> torch.Tensor:
-        """The normalised reward-model score of each response: [B]."""
-        with self.autocast():
-            raw = sequence_scores(
-                reward_model, prompt_ids, prompt_mask, response_ids, response_mask
-            )
-        self.cost.reward_model_queries += raw.shape[0]
-        return self.reward_norm(raw.float())
+    def score(self, reward, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        """The reward of each response (normalised reward-model score, or gold): [B]."""
+        scores = reward(self, prompt_ids, prompt_mask, response_ids, response_mask)
+        self.cost.reward_model_queries += scores.shape[0]
+        return scores.float()
 
-    def gold(
-        self, prompts: list[str], response_ids: torch.Tensor, response_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def gold(self, prompts: list[str], response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
         """The task's gold reward of each response: [B] (on CPU)."""
         return torch.tensor(
             self.task.gold_reward(prompts, self.decode(response_ids, response_mask)),

@@ -19,9 +19,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu"
-        )
+        raise RuntimeError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
     return device
 
 

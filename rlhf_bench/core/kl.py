@@ -34,16 +34,12 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def kl_penalty(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1"
-) -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """[B, R] logprobs of sampled tokens under pi and pi_ref -> [B, R] per-token KL estimate."""
     try:
         fn = KL_ESTIMATORS[estimator]
     except KeyError:
-        raise ValueError(
-            f"unknown KL estimator {estimator!r}; choose from {sorted(KL_ESTIMATORS)}"
-        ) from None
+        raise ValueError(f"unknown KL estimator {estimator!r}; choose from {sorted(KL_ESTIMATORS)}") from None
     return fn(logprobs - ref_logprobs)
 
 

@@ -54,7 +54,5 @@ def clipped_value_loss(
     loss_clipped = (clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
     with torch.no_grad():
-        stats = {
-            "value/clipfrac": float(masked_mean((loss_clipped > loss_unclipped).float(), mask))
-        }
+        stats = {"value/clipfrac": float(masked_mean((loss_clipped > loss_unclipped).float(), mask))}
     return loss, stats

@@ -90,9 +90,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """A tokenizer set up for RL: left padding, and a pad token (EOS if the model has none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    )
+    tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -111,15 +109,11 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(
-        path, revision=revision, trust_remote_code=trust_remote_code
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     return _finish(model, tokenizer)
 
 
-def load_scalar_model(
-    path: str, tokenizer, per_token: bool, trust_remote_code: bool = False
-) -> torch.nn.Module:
+def load_scalar_model(path: str, tokenizer, per_token: bool, trust_remote_code: bool = False) -> torch.nn.Module:
     """A one-output head on a pretrained backbone: per sequence (reward model) or per token (value).
 
     Loading a causal-LM or reward-model folder this way keeps the backbone's weights and

@@ -32,9 +32,7 @@ class Rollout:
     prompt_mask: torch.Tensor  # [B, P]
     response_ids: torch.Tensor  # [B, R] right padded
     response_mask: torch.Tensor  # [B, R]
-    extras: dict[str, torch.Tensor] = field(
-        default_factory=dict
-    )  # logprobs, values, rewards ... [B, R] or [B]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # logprobs, values, rewards ... [B, R] or [B]
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -153,9 +151,7 @@ def response_logits(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """Next-token logits at the positions that predict each response token: [B, R, V]."""
-    input_ids, attention_mask, position_ids = _sequence(
-        prompt_ids, prompt_mask, response_ids, response_mask
-    )
+    input_ids, attention_mask, position_ids = _sequence(prompt_ids, prompt_mask, response_ids, response_mask)
     length = response_ids.shape[1]
     # Only the last R+1 positions are needed; skipping the prompt's logits saves the LM head's work.
     out = model(
@@ -199,9 +195,7 @@ def response_values(
     s_t is the context before response token t, so the value is read at the position that
     predicts token t, like the logits.
     """
-    input_ids, attention_mask, position_ids = _sequence(
-        prompt_ids, prompt_mask, response_ids, response_mask
-    )
+    input_ids, attention_mask, position_ids = _sequence(prompt_ids, prompt_mask, response_ids, response_mask)
     out = value_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     length = response_ids.shape[1]
     return out.logits[:, -length - 1 : -1, 0].float()
@@ -219,13 +213,9 @@ def sequence_scores(
     The reward model is a sequence-classification model with one label; we pool at the
     last real token ourselves, so the result does not depend on its pad-token setting.
     """
-    input_ids, attention_mask, position_ids = _sequence(
-        prompt_ids, prompt_mask, response_ids, response_mask
-    )
+    input_ids, attention_mask, position_ids = _sequence(prompt_ids, prompt_mask, response_ids, response_mask)
     backbone = getattr(reward_model, reward_model.base_model_prefix)
-    hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-    ).last_hidden_state
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     index = prompt_ids.shape[1] + last_token_index(response_mask)
     last_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
     return score_head(reward_model)(last_hidden).squeeze(-1).float()

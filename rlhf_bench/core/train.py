@@ -24,9 +24,7 @@ def make_optimizer(
     params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, eps: float = 1e-8
 ) -> torch.optim.Optimizer:
     """AdamW over the parameters that require grad."""
-    return torch.optim.AdamW(
-        [p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay, eps=eps
-    )
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay, eps=eps)
 
 
 def warmup_linear_schedule(
@@ -63,9 +61,7 @@ def optimizer_step(
     return float(norm)
 
 
-def batches(
-    n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
-):
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):
     """Index tensors covering range(n) in chunks of ``batch_size`` (the last may be shorter)."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
@@ -100,7 +96,5 @@ class _Timer:
 
     def __exit__(self, *exc):
         elapsed = time.perf_counter() - self.start
-        self.cost.wall_seconds[self.stage] = round(
-            self.cost.wall_seconds.get(self.stage, 0.0) + elapsed, 3
-        )
+        self.cost.wall_seconds[self.stage] = round(self.cost.wall_seconds.get(self.stage, 0.0) + elapsed, 3)
         return False

@@ -11,6 +11,10 @@ policy (at ``eval.temperature``), and report for the policy:
   response_length, eos_fraction
 The SFT row is computed the same way, with a second, independent SFT sample as its
 opponent, so its KL is 0 and its win rate is 0.5 up to noise.
+
+Best-of-n has no tractable log pi(y); its KL is the analytic bound log n - (n-1)/n
+(Stiennon et al. 2020, App. G.3; exact for distinct samples), reported as ``kl`` and
+``kl_analytic``.
 """
 
 from __future__ import annotations
@@ -32,14 +36,20 @@ def _samples(
     ctx: RunContext,
     model,
     ref,
-    reward_model,
+    reward,
     prompts: list[str],
     cfg: EvalConfig,
     generator,
     desc: str,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample gold, proxy, KL to ``ref``, length and EOS for responses of ``model``: each [N]."""
-    model.eval()
+    """Per-sample gold, proxy, KL to ``ref``, length and EOS for responses of ``model``: each [N].
+
+    ``model`` is a causal LM, or a policy object with ``sample(ctx, ids, mask, generator)`` and
+    an ``analytic_kl`` (best-of-n, whose sequence probabilities are not tractable).
+    """
+    is_lm = isinstance(model, torch.nn.Module)
+    if is_lm:
+        model.eval()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("gold", "proxy", "kl", "length", "eos")}
     for idx in tqdm(
         list(batches(len(prompts), cfg.batch_size, shuffle=False)),
@@ -50,12 +60,17 @@ def _samples(
     ):
         chunk = [prompts[i] for i in idx.tolist()]
         ids, mask = ctx.pad_prompts(ctx.encode(chunk))
-        response_ids, response_mask = ctx.sample(model, ids, mask, cfg.temperature, generator)
+        if is_lm:
+            response_ids, response_mask = ctx.sample(model, ids, mask, cfg.temperature, generator)
+        else:
+            response_ids, response_mask = model.sample(ctx, ids, mask, generator)
         batch = (ids, mask, response_ids, response_mask)
         out["gold"].append(ctx.gold(chunk, response_ids, response_mask))
-        out["proxy"].append(ctx.score(reward_model, *batch).cpu())
+        out["proxy"].append(ctx.score(reward, *batch).cpu())
         if model is ref:
             out["kl"].append(torch.zeros(len(chunk)))
+        elif not is_lm:
+            out["kl"].append(torch.full((len(chunk),), float(model.analytic_kl)))
         else:
             with ctx.autocast():
                 logp, _ = response_logprobs(model, *batch, temperature=cfg.temperature)
@@ -68,9 +83,7 @@ def _samples(
 
 def _summary(samples: dict[str, torch.Tensor], opponent_gold: torch.Tensor) -> dict[str, float]:
     n = samples["gold"].numel()
-    wins = (samples["gold"] > opponent_gold).float() + 0.5 * (
-        samples["gold"] == opponent_gold
-    ).float()
+    wins = (samples["gold"] > opponent_gold).float() + 0.5 * (samples["gold"] == opponent_gold).float()
 
     def se(x: torch.Tensor) -> float:
         return float(x.std() / math.sqrt(n)) if n > 1 else float("nan")
@@ -90,19 +103,19 @@ def _summary(samples: dict[str, torch.Tensor], opponent_gold: torch.Tensor) -> d
     }
 
 
-def evaluate(
-    ctx: RunContext, policy, ref, reward_model, cfg: EvalConfig, seed: int
-) -> dict[str, dict[str, float]]:
+def evaluate(ctx: RunContext, policy, ref, reward, cfg: EvalConfig, seed: int) -> dict[str, dict[str, float]]:
     """Metrics of ``policy`` and of the SFT reference ``ref`` on ``cfg.n_prompts`` held-out prompts."""
     pool = ctx.task.eval_prompts
     prompts = [pool[i % len(pool)] for i in range(cfg.n_prompts)]
     generator = torch.Generator(device=ctx.device).manual_seed(seed + 10_000)
-    sft_a = _samples(ctx, ref, ref, reward_model, prompts, cfg, generator, "eval: SFT")
-    sft_b = _samples(ctx, ref, ref, reward_model, prompts, cfg, generator, "eval: SFT (opponent)")
+    sft_a = _samples(ctx, ref, ref, reward, prompts, cfg, generator, "eval: SFT")
+    sft_b = _samples(ctx, ref, ref, reward, prompts, cfg, generator, "eval: SFT (opponent)")
     result = {"sft": _summary(sft_a, sft_b["gold"])}
     if policy is not ref:
         result["policy"] = _summary(
-            _samples(ctx, policy, ref, reward_model, prompts, cfg, generator, "eval: policy"),
+            _samples(ctx, policy, ref, reward, prompts, cfg, generator, "eval: policy"),
             sft_a["gold"],
         )
+        if not isinstance(policy, torch.nn.Module):
+            result["policy"]["kl_analytic"] = float(policy.analytic_kl)
     return result

@@ -40,6 +40,7 @@ from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
 from rlhf_bench.core.ops import gae, last_token_index, masked_mean, masked_whiten
 from rlhf_bench.core.rollout import Rollout, response_logprobs, response_values, score_head
 from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step
+from rlhf_bench.rewards.reward import value_init_member
 
 
 @dataclass
@@ -64,9 +65,7 @@ class PPOConfig:
     vf_coef: float = 0.1
     whiten_advantages: bool = True
     whiten_rewards: bool = False
-    non_eos_penalty: float | None = (
-        None  # score given to responses without EOS (Huang et al. 2024 use -1)
-    )
+    non_eos_penalty: float | None = None  # score given to responses without EOS (Huang et al. 2024 use -1)
     max_grad_norm: float = 1.0
     value_init: str = "reward_model"  # reward_model | sft
 
@@ -100,23 +99,22 @@ class PPOConfig:
             "must be one of reward_model, sft",
             self.value_init,
         )
-        require(
-            0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "method.gamma/lam", "must be in [0, 1]"
-        )
+        require(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "method.gamma/lam", "must be in [0, 1]")
 
 
-def load_value_model(ctx: RunContext, init: str) -> torch.nn.Module:
-    """A per-token value model; from the reward model, its head rescaled to the normalised score."""
-    if init == "sft":
+def load_value_model(ctx: RunContext, init: str, reward) -> torch.nn.Module:
+    """A per-token value model: from the reward model (its head rescaled to the normalised
+    score, so V starts at the expected reward), or from the SFT policy with a fresh head."""
+    member = value_init_member(reward) if init == "reward_model" else None
+    if member is None:  # value_init=sft, or a reward with no model (gold)
         return models.load_scalar_model(ctx.sft_path, ctx.tokenizer, per_token=True).to(ctx.device)
-    value = models.load_scalar_model(ctx.reward_model_path, ctx.tokenizer, per_token=True)
-    rm = models.load_scalar_model(ctx.reward_model_path, ctx.tokenizer, per_token=False)
-    head, rm_head = score_head(value), score_head(rm)
+    value = models.load_scalar_model(member.folder, ctx.tokenizer, per_token=True)
+    head, rm_head = score_head(value), score_head(member.model)
     with torch.no_grad():
-        head.weight.copy_(rm_head.weight / ctx.reward_norm.std)
+        head.weight.copy_(rm_head.weight / member.norm.std)
         if head.bias is not None:
-            rm_bias = rm_head.bias if rm_head.bias is not None else torch.zeros(1)
-            head.bias.copy_((rm_bias - ctx.reward_norm.mean) / ctx.reward_norm.std)
+            rm_bias = rm_head.bias if rm_head.bias is not None else torch.zeros(1, device=rm_head.weight.device)
+            head.bias.copy_((rm_bias - member.norm.mean) / member.norm.std)
     return value.to(ctx.device)
 
 
@@ -126,7 +124,7 @@ def rollout(
     cfg: PPOConfig,
     policy,
     ref,
-    reward_model,
+    reward,
     value,
     prompts: list[str],
     kl_coef: float,
@@ -140,7 +138,7 @@ def rollout(
         logprobs, _ = response_logprobs(policy, *batch, temperature=cfg.temperature)
         ref_logprobs, _ = response_logprobs(ref, *batch, temperature=cfg.temperature)
         values = response_values(value, *batch)
-    scores = ctx.score(reward_model, *batch)
+    scores = ctx.score(reward, *batch)
     has_eos = (response_ids == ctx.tokenizer.eos_token_id).any(-1)
     if cfg.non_eos_penalty is not None:
         scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.non_eos_penalty))
@@ -167,9 +165,7 @@ def rollout(
     return Rollout(prompt_ids, prompt_mask, response_ids, mask, extras)
 
 
-def update(
-    ctx, cfg: PPOConfig, policy, value, optimizer, data: Rollout, generator, step: int
-) -> dict[str, float]:
+def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: Rollout, generator, step: int) -> dict[str, float]:
     """``ppo_epochs`` passes of minibatch updates on one rollout batch; mean stats."""
     stats: dict[str, list[float]] = defaultdict(list)
     minibatch = len(data) // cfg.num_minibatches
@@ -178,17 +174,11 @@ def update(
             mb = data.select(index)
             batch = (mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
             with ctx.autocast():
-                logprobs, entropy = response_logprobs(
-                    policy, *batch, temperature=cfg.temperature, with_entropy=True
-                )
+                logprobs, entropy = response_logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
                 values = response_values(value, *batch)
             x, mask = mb.extras, mb.response_mask
-            pg_loss, pg_stats = clipped_policy_loss(
-                logprobs, x["logprobs"], x["advantages"], mask, cfg.clip_range
-            )
-            vf_loss, vf_stats = clipped_value_loss(
-                values, x["values"], x["returns"], mask, cfg.clip_range_value
-            )
+            pg_loss, pg_stats = clipped_policy_loss(logprobs, x["logprobs"], x["advantages"], mask, cfg.clip_range)
+            vf_loss, vf_stats = clipped_value_loss(values, x["values"], x["returns"], mask, cfg.clip_range_value)
             loss = pg_loss + cfg.vf_coef * vf_loss
             check_finite(loss, "ppo/loss", step)
             grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
@@ -209,8 +199,8 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
     """Run PPO from the SFT policy against the reward model; return the trained policy."""
     policy = ctx.load_policy().train()
     ref = ctx.load_reference()
-    reward_model = ctx.load_reward_model()
-    value = load_value_model(ctx, cfg.value_init).train()
+    reward = ctx.load_reward()
+    value = load_value_model(ctx, cfg.value_init, reward).train()
     optimizer = make_optimizer([*policy.parameters(), *value.parameters()], cfg.lr, eps=1e-5)
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
@@ -223,12 +213,9 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
     prompts_all = ctx.task.train_prompts
     for step in trange(cfg.steps, desc="PPO", unit="step", dynamic_ncols=True):
         prompts = [
-            prompts_all[int(i)]
-            for i in torch.randint(len(prompts_all), (cfg.batch_size,), generator=prompt_gen)
+            prompts_all[int(i)] for i in torch.randint(len(prompts_all), (cfg.batch_size,), generator=prompt_gen)
         ]
-        data = rollout(
-            ctx, cfg, policy, ref, reward_model, value, prompts, kl_ctl.value, sample_gen
-        )
+        data = rollout(ctx, cfg, policy, ref, reward, value, prompts, kl_ctl.value, sample_gen)
         x = data.extras
         check_finite(x["scores"].mean(), "objective/score", step)
         stats = update(ctx, cfg, policy, value, optimizer, data, prompt_gen, step)

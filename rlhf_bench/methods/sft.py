@@ -7,6 +7,7 @@ so that a run is deterministic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,18 +28,14 @@ from rlhf_bench.core.train import (
 def tokenize_demonstrations(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
     """Each text followed by EOS, truncated to ``max_length`` tokens."""
     eos = tokenizer.eos_token_id
-    return [
-        (tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_length] for t in texts
-    ]
+    return [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_length] for t in texts]
 
 
 def train_sft(ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path) -> dict[str, float]:
     """Fine-tune the model at ``base_path`` on ``ctx.task.sft_texts``; save it to ``out_dir``."""
     tokenizer = ctx.tokenizer
     model = ctx.load_policy(base_path).train()
-    max_length = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", 1024
-    )
+    max_length = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
     data = tokenize_demonstrations(ctx.task.sft_texts, tokenizer, max_length)
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, cfg.steps, final_fraction=0.1)
@@ -73,3 +70,16 @@ def train_sft(ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path) ->
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return {"final_loss": loss_value, "steps": cfg.steps, "tokens_trained": tokens}
+
+
+@dataclass
+class SFTMethodConfig:
+    """The SFT policy itself as a method: the reference row of every comparison."""
+
+    _target_: str = "rlhf_bench.methods.sft.train"
+    name: str = "sft"
+
+
+def train(ctx: RunContext, cfg: SFTMethodConfig) -> torch.nn.Module:
+    """Return the SFT policy unchanged (a fresh copy, so that it is evaluated like any method)."""
+    return ctx.load_policy()

@@ -40,9 +40,7 @@ def summary_table(record: dict[str, Any]) -> Table:
     rm = record.get("metrics", {}).get("reward_model", {})
     caption = f"mean ± s.e. over {record.get('metrics', {}).get('sft', {}).get('n_samples', '?')} held-out prompts"
     if rm:
-        caption += (
-            f"; reward model accuracy {rm['accuracy']:.3f} (vs gold {rm['gold_accuracy']:.3f})"
-        )
+        caption += f"; reward model accuracy {rm['accuracy']:.3f} (vs gold {rm['gold_accuracy']:.3f})"
     table = Table(title=f"run {record.get('run_id')} [{record.get('status')}]", caption=caption)
     table.add_column("policy", style="bold", no_wrap=True)
     for title, _, _ in COLUMNS:

@@ -3,7 +3,8 @@
 As in AlpacaFarm (Dubois et al. 2023) the annotator is simulated: here it is a
 Bradley-Terry chooser on the task's gold reward,
     P(a preferred over b) = sigmoid((gold(a) - gold(b)) / temperature),
-whose label is then flipped with probability ``flip_prob`` (label noise).
+whose label is then flipped with probability ``flip_prob`` (label noise). It also states how
+strongly it prefers (0..3, from the gold gap), which the margin reward model uses.
 Pairs are written as JSONL ``{"prompt", "chosen", "rejected", ...}`` (the format user
 preference data comes in too), with the gold rewards and whether each response ended with EOS.
 """
@@ -11,6 +12,7 @@ preference data comes in too), with the gold rewards and whether each response e
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +20,11 @@ from tqdm.auto import tqdm
 
 from rlhf_bench.config import PreferenceConfig
 from rlhf_bench.core.context import RunContext
+from rlhf_bench.core.rollout import pad
+
+# |gold(a) - gold(b)| above each threshold raises the stated preference strength by one:
+# 0 "negligibly better" .. 3 "significantly better" (the four levels of Llama 2's annotation).
+STRENGTH_THRESHOLDS = (0.25, 0.5, 1.0)
 
 
 def simulated_annotator(
@@ -26,36 +33,31 @@ def simulated_annotator(
     temperature: float,
     flip_prob: float,
     generator: torch.Generator,
-) -> torch.Tensor:
-    """[N] gold rewards of two responses -> [N] bool, True where the annotator prefers a."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] gold rewards of two responses -> ([N] bool, True where the annotator prefers a,
+    [N] long preference strength in 0..3; a flipped label is stated with strength 0)."""
     p_a = torch.sigmoid((gold_a - gold_b) / temperature)
     prefers_a = torch.rand(p_a.shape, generator=generator) < p_a
     flip = torch.rand(p_a.shape, generator=generator) < flip_prob
-    return prefers_a ^ flip
+    gap = (gold_a - gold_b).abs()
+    strength = sum((gap > t).long() for t in STRENGTH_THRESHOLDS)
+    return prefers_a ^ flip, torch.where(flip, torch.zeros_like(strength), strength)
 
 
-def _label_pairs(
-    ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig, generator, desc: str
-) -> list[dict]:
+def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig, generator, desc: str) -> list[dict]:
     pairs = []
-    sample_gen = torch.Generator(device=ctx.device).manual_seed(
-        int(torch.randint(2**31, (1,), generator=generator))
-    )
+    sample_gen = torch.Generator(device=ctx.device).manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
     half = max(1, cfg.generation_batch_size // 2)
     for start in tqdm(range(0, len(prompts), half), desc=desc, unit="batch", dynamic_ncols=True):
         chunk = prompts[start : start + half]
         doubled = chunk + chunk  # two responses per prompt in one generation batch
         ids, mask = ctx.pad_prompts(ctx.encode(doubled))
-        response_ids, response_mask = ctx.sample(
-            sft, ids, mask, temperature=1.0, generator=sample_gen
-        )
+        response_ids, response_mask = ctx.sample(sft, ids, mask, temperature=1.0, generator=sample_gen)
         texts = ctx.decode(response_ids, response_mask)
         finished = (response_ids == ctx.tokenizer.eos_token_id).any(-1).tolist()
         gold = torch.tensor(ctx.task.gold_reward(doubled, texts))
         n = len(chunk)
-        prefers_a = simulated_annotator(
-            gold[:n], gold[n:], cfg.temperature, cfg.flip_prob, generator
-        )
+        prefers_a, strength = simulated_annotator(gold[:n], gold[n:], cfg.temperature, cfg.flip_prob, generator)
         for i, prompt in enumerate(chunk):
             a, b = (i, n + i) if prefers_a[i] else (n + i, i)
             pairs.append(
@@ -67,6 +69,7 @@ def _label_pairs(
                     "rejected_gold": float(gold[b]),
                     "chosen_eos": finished[a],
                     "rejected_eos": finished[b],
+                    "strength": int(strength[i]),
                 }
             )
     return pairs
@@ -78,12 +81,10 @@ def sample_preferences(ctx: RunContext, cfg: PreferenceConfig, out_dir: Path) ->
     sft = ctx.load_policy().eval()
     task = ctx.task
     train_prompts = [
-        task.train_prompts[int(i)]
-        for i in torch.randint(len(task.train_prompts), (cfg.n_train,), generator=generator)
+        task.train_prompts[int(i)] for i in torch.randint(len(task.train_prompts), (cfg.n_train,), generator=generator)
     ]
     eval_prompts = [
-        task.eval_prompts[int(i)]
-        for i in torch.randint(len(task.eval_prompts), (cfg.n_eval,), generator=generator)
+        task.eval_prompts[int(i)] for i in torch.randint(len(task.eval_prompts), (cfg.n_eval,), generator=generator)
     ]
     info: dict[str, float] = {}
     for split, prompts in (("train", train_prompts), ("eval", eval_prompts)):
@@ -115,3 +116,52 @@ def read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
     return rows
+
+
+@dataclass
+class EncodedPairs:
+    prompts: list[list[int]]
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    gold_order: torch.Tensor  # [N] 1 where gold(chosen) > gold(rejected), 0 where <, 0.5 on ties
+    strength: torch.Tensor  # [N] the annotator's stated preference strength (0 if not given)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def encode_pairs(ctx: RunContext, rows: list[dict]) -> EncodedPairs:
+    eos = ctx.tokenizer.eos_token_id
+
+    def response(text: str, ended: bool) -> list[int]:
+        return ctx.encode([text])[0] + ([eos] if ended else [])
+
+    gold = [
+        (r["chosen_gold"] > r["rejected_gold"]) + 0.5 * (r["chosen_gold"] == r["rejected_gold"])
+        if "chosen_gold" in r
+        else 1.0
+        for r in rows
+    ]
+    return EncodedPairs(
+        prompts=ctx.encode([r["prompt"] for r in rows]),
+        chosen=[response(r["chosen"], r.get("chosen_eos", True)) for r in rows],
+        rejected=[response(r["rejected"], r.get("rejected_eos", True)) for r in rows],
+        gold_order=torch.tensor(gold, dtype=torch.float32),
+        strength=torch.tensor([int(r.get("strength", 0)) for r in rows], dtype=torch.long),
+    )
+
+
+def pair_batch(ctx: RunContext, pairs: EncodedPairs, index: torch.Tensor):
+    """(prompt_ids, prompt_mask, response_ids, response_mask) of 2n rows: the n chosen, then the n rejected."""
+    rows = index.tolist()
+    prompts = [pairs.prompts[i] for i in rows]
+    responses = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
+    prompt_ids, prompt_mask = pad(prompts + prompts, ctx.tokenizer.pad_token_id, "left", ctx.device)
+    response_ids, response_mask = pad(responses, ctx.tokenizer.pad_token_id, "right", ctx.device)
+    return prompt_ids, prompt_mask, response_ids, response_mask
+
+
+def load_pairs(ctx: RunContext, pairs_dir: Path | str) -> tuple[EncodedPairs, EncodedPairs]:
+    return encode_pairs(ctx, read_jsonl(Path(pairs_dir) / "train.jsonl")), encode_pairs(
+        ctx, read_jsonl(Path(pairs_dir) / "eval.jsonl")
+    )

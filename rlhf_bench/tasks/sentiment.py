@@ -120,12 +120,8 @@ class SentimentTaskConfig:
 
     def __post_init__(self) -> None:
         require(self.n_sft >= 1, "task.n_sft", "must be >= 1", self.n_sft)
-        require(
-            self.n_train_prompts >= 1, "task.n_train_prompts", "must be >= 1", self.n_train_prompts
-        )
-        require(
-            self.n_eval_prompts >= 1, "task.n_eval_prompts", "must be >= 1", self.n_eval_prompts
-        )
+        require(self.n_train_prompts >= 1, "task.n_train_prompts", "must be >= 1", self.n_train_prompts)
+        require(self.n_eval_prompts >= 1, "task.n_eval_prompts", "must be >= 1", self.n_eval_prompts)
         require(
             self.max_response_tokens >= 1,
             "task.max_response_tokens",

@@ -21,9 +21,7 @@ console = Console(stderr=True)
 class Tracker:
     """Logs metrics to W&B and keeps a copy per stage for the run record."""
 
-    def __init__(
-        self, cfg: LoggerConfig, run_dir: Path, run_id: str, name: str, config: dict[str, Any]
-    ):
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, run_id: str, name: str, config: dict[str, Any]):
         self.mode = getattr(cfg.mode, "value", cfg.mode)
         self.history: dict[str, list[dict[str, float]]] = {}
         self._step = 0
@@ -52,9 +50,7 @@ class Tracker:
         except Exception as exc:  # online without network or key: keep going offline
             if self.mode != "online":
                 raise
-            console.print(
-                f"[yellow]W&B online init failed ({exc}); logging offline instead.[/yellow]"
-            )
+            console.print(f"[yellow]W&B online init failed ({exc}); logging offline instead.[/yellow]")
             self.mode = "offline"
             os.environ["WANDB_MODE"] = "offline"
             self._run = wandb.init(

@@ -1,0 +1,122 @@
+"""The loop shared by offline preference methods (DPO, IPO, SimPO, KTO).
+
+Each method supplies its loss as a function of the sequence log-probabilities of the chosen
+and rejected responses under the policy (and the frozen SFT reference); the loop does the
+batching, the forward passes, the optimiser and the logging. It trains on the same pairs
+the reward model was trained on (``ctx.preferences_path``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_bench.config import require
+from rlhf_bench.core.ops import masked_sum
+from rlhf_bench.core.rollout import response_logprobs
+from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step, warmup_linear_schedule
+
+
+@dataclass
+class OfflineConfig:
+    """Optimisation settings every offline preference method has."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    average_logprobs: bool = False  # sequence log-prob summed over tokens (paper) or length-averaged
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "method.epochs", "must be >= 1", self.epochs)
+        require(self.batch_size >= 1, "method.batch_size", "must be >= 1", self.batch_size)
+        require(self.lr > 0, "method.lr", "must be > 0", self.lr)
+
+
+@dataclass
+class PairLogps:
+    """Sequence log-probabilities for n pairs, each [n]; ``ref_*`` under the frozen reference."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    # KTO's reference point: responses of other prompts ("mismatched" pairs (x_i, y_{i+1})).
+    mismatched: torch.Tensor | None = None
+    ref_mismatched: torch.Tensor | None = None
+
+
+def sequence_logps(model, prompt_ids, prompt_mask, response_ids, response_mask, average: bool) -> torch.Tensor:
+    """[B] log pi(y|x) summed over response tokens, or averaged over them when ``average``."""
+    logp, _ = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    mask = response_mask.float()
+    total = masked_sum(logp, mask, dim=-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+LossFn = Callable[[PairLogps], tuple[torch.Tensor, dict[str, float]]]
+
+
+def _logps(ctx, model, pairs, idx, average, mismatched):
+    from rlhf_bench.rewards.preferences import pair_batch
+
+    prompt_ids, prompt_mask, response_ids, response_mask = pair_batch(ctx, pairs, idx)
+    n = len(idx)
+    if mismatched:  # x_i with the chosen response of pair i+1
+        shift = torch.roll(torch.arange(n, device=prompt_ids.device), -1)
+        prompt_ids = torch.cat([prompt_ids, prompt_ids[:n]])
+        prompt_mask = torch.cat([prompt_mask, prompt_mask[:n]])
+        response_ids = torch.cat([response_ids, response_ids[shift]])
+        response_mask = torch.cat([response_mask, response_mask[shift]])
+    with ctx.autocast():
+        out = sequence_logps(model, prompt_ids, prompt_mask, response_ids, response_mask, average)
+    tokens = int(prompt_mask.sum() + response_mask.sum())
+    return out[:n], out[n : 2 * n], (out[2 * n :] if mismatched else None), tokens
+
+
+def train_on_pairs(
+    ctx, cfg: OfflineConfig, loss_fn: LossFn, name: str, reference: bool = True, mismatched: bool = False
+):
+    """Fine-tune the SFT policy on the preference pairs with ``loss_fn``; return the policy."""
+    from rlhf_bench.rewards.preferences import load_pairs
+
+    pairs, _ = load_pairs(ctx, ctx.preferences_path)
+    policy = ctx.load_policy().train()
+    ref = ctx.load_reference() if reference else None
+    total = cfg.epochs * -(-len(pairs) // cfg.batch_size)
+    optimizer = make_optimizer(policy.parameters(), cfg.lr)
+    scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, total)
+    generator = torch.Generator().manual_seed(ctx.cfg.seed)
+    step = 0
+    with tqdm(total=total, desc=name, unit="step", dynamic_ncols=True) as progress:
+        for _ in range(cfg.epochs):
+            for idx in batches(len(pairs), cfg.batch_size, generator):
+                chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, mismatched)
+                logps = PairLogps(chosen, rejected, mismatched=other)
+                if ref is not None:
+                    with torch.no_grad():
+                        logps.ref_chosen, logps.ref_rejected, logps.ref_mismatched, _ = _logps(
+                            ctx, ref, pairs, idx, cfg.average_logprobs, mismatched
+                        )
+                loss, stats = loss_fn(logps)
+                check_finite(loss, f"{name}/loss", step)
+                grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
+                ctx.cost.tokens_trained += tokens
+                if step % 10 == 0 or step == total - 1:
+                    ctx.tracker.log(
+                        name,
+                        {
+                            "train/step": step,
+                            "train/loss": loss.item(),
+                            "train/grad_norm": grad_norm,
+                            "train/lr": scheduler.get_last_lr()[0],
+                            **stats,
+                        },
+                    )
+                step += 1
+                progress.update()
+    return policy

@@ -1,0 +1,89 @@
+"""Expert iteration: rejection-sampling fine-tuning (AlpacaFarm, Dubois et al. 2023, Sec. 4;
+Anthony et al. 2017; the "rejection sampling" stage of Llama 2).
+
+Repeat for ``rounds``: sample k responses per prompt from the current policy, keep the one
+the reward model scores highest (best-of-k), and fine-tune the policy on those (prompt,
+best response) pairs with the next-token loss on response tokens only. There is no KL term:
+the policy stays close to the SFT policy only through the few fine-tuning steps per round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import trange
+
+from rlhf_bench.config import require
+from rlhf_bench.core.ops import masked_mean
+from rlhf_bench.core.rollout import pad, response_logprobs
+from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
+from rlhf_bench.methods.best_of_n import select_best
+from rlhf_bench.methods.rloo import sample_groups
+
+
+@dataclass
+class ExpertIterationConfig:
+    _target_: str = "rlhf_bench.methods.expert_iteration.train"
+    name: str = "expert_iteration"
+    rounds: int = 4
+    prompts_per_round: int = 240  # rounds * prompts_per_round * k = PPO's 3,840 responses
+    k: int = 4
+    steps_per_round: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    temperature: float = 1.0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.rounds >= 1, "method.rounds", "must be >= 1", self.rounds)
+        require(self.k >= 1, "method.k", "must be >= 1", self.k)
+        require(self.lr > 0, "method.lr", "must be > 0", self.lr)
+
+
+def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature: float, generator, chunk: int = 64):
+    """For each prompt, the best of k samples by the reward: (prompt ids, response ids, scores)."""
+    kept_prompts, kept_responses, kept_scores = [], [], []
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        _, batch = sample_groups(ctx, policy, part, k, temperature, generator)
+        scores = ctx.score(reward, *batch)
+        ids, mask = select_best(scores, batch[2], batch[3], k)
+        kept_scores.append(scores.view(-1, k).max(-1).values.cpu())
+        kept_prompts += ctx.encode(part)
+        kept_responses += [row[: int(m.sum())].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+    return kept_prompts, kept_responses, torch.cat(kept_scores)
+
+
+def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
+    policy = ctx.load_policy().train()
+    reward = ctx.load_reward()
+    optimizer = make_optimizer(policy.parameters(), cfg.lr)
+    prompt_gen = torch.Generator().manual_seed(ctx.cfg.seed)
+    sample_gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.seed + 1)
+    pool, pad_id, step = ctx.task.train_prompts, ctx.tokenizer.pad_token_id, 0
+    for round_ in trange(cfg.rounds, desc="expert iteration", unit="round", dynamic_ncols=True):
+        prompts = [pool[int(i)] for i in torch.randint(len(pool), (cfg.prompts_per_round,), generator=prompt_gen)]
+        kept_p, kept_r, scores = best_responses(ctx, policy, reward, prompts, cfg.k, cfg.temperature, sample_gen)
+        for _ in range(cfg.steps_per_round):
+            idx = torch.randint(len(kept_p), (cfg.batch_size,), generator=prompt_gen).tolist()
+            prompt_ids, prompt_mask = pad([kept_p[i] for i in idx], pad_id, "left", ctx.device)
+            response_ids, response_mask = pad([kept_r[i] for i in idx], pad_id, "right", ctx.device)
+            with ctx.autocast():
+                logp, _ = response_logprobs(policy, prompt_ids, prompt_mask, response_ids, response_mask)
+            loss = -masked_mean(logp, response_mask.float())  # next-token loss on the response only
+            check_finite(loss, "expert_iteration/loss", step)
+            grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
+            ctx.cost.tokens_trained += int(prompt_mask.sum() + response_mask.sum())
+            step += 1
+        ctx.tracker.log(
+            "expert_iteration",
+            {
+                "train/round": round_,
+                "train/step": step,
+                "train/loss": loss.item(),
+                "train/grad_norm": grad_norm,
+                "objective/best_score": float(scores.mean()),
+            },
+        )
+    return policy

@@ -1,0 +1,120 @@
+"""The reward a method optimises: a trained reward model, an ensemble of them, or the gold reward.
+
+Each reward-model stage writes ``reward.json`` beside its checkpoints, saying how to load it;
+``load_reward`` turns that folder into a callable
+    reward(ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> [B] scores
+so that methods never need to know which variant they were given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_bench.core import models
+from rlhf_bench.core.rollout import sequence_scores
+
+REWARD_SPEC = "reward.json"
+
+
+@dataclass
+class Normalization:
+    """Affine normalisation of a score: (score - mean) / std (Ziegler et al. 2019, Sec. 2.2)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores - self.mean) / self.std
+
+
+class ModelReward:
+    """A sequence-classification reward model, pooled at the last response token, normalised."""
+
+    def __init__(self, model: torch.nn.Module, norm: Normalization):
+        self.model, self.norm = model, norm
+        self.folder: str | None = None
+
+    @torch.no_grad()
+    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        with ctx.autocast():
+            raw = sequence_scores(self.model, prompt_ids, prompt_mask, response_ids, response_mask)
+        return self.norm(raw.float())
+
+
+AGGREGATIONS = ("mean", "min", "mean_minus_std")
+
+
+class EnsembleReward:
+    """k reward models; scores combined by mean, min (worst case) or mean - lam * std
+    (uncertainty-weighted optimisation, Coste et al. 2023)."""
+
+    def __init__(self, members: list[ModelReward], aggregation: str, lam: float):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown ensemble aggregation {aggregation!r}; choose from {AGGREGATIONS}")
+        self.members, self.aggregation, self.lam = members, aggregation, lam
+
+    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        scores = torch.stack([m(ctx, prompt_ids, prompt_mask, response_ids, response_mask) for m in self.members])
+        return aggregate(scores, self.aggregation, self.lam)
+
+
+def aggregate(scores: torch.Tensor, aggregation: str, lam: float = 0.0) -> torch.Tensor:
+    """[k, B] member scores -> [B]. The std is the population std over members (ddof 0)."""
+    if aggregation == "mean":
+        return scores.mean(0)
+    if aggregation == "min":
+        return scores.min(0).values
+    if aggregation == "mean_minus_std":
+        return scores.mean(0) - lam * scores.std(0, unbiased=False)
+    raise ValueError(f"unknown ensemble aggregation {aggregation!r}; choose from {AGGREGATIONS}")
+
+
+class GoldReward:
+    """The task's own gold reward as the training signal: an oracle with no reward-model error."""
+
+    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        prompts = ctx.decode(prompt_ids, prompt_mask)
+        return ctx.gold(prompts, response_ids, response_mask).to(response_ids.device)
+
+
+def write_spec(folder: Path, spec: dict[str, Any]) -> None:
+    (folder / REWARD_SPEC).write_text(json.dumps(spec, indent=2))
+
+
+def load_reward(ctx, folder: str | Path):
+    """The reward stored in a reward-model stage folder, on the run's device."""
+    folder = Path(folder)
+    spec = json.loads((folder / REWARD_SPEC).read_text())
+    kind = spec["kind"]
+    if kind == "gold":
+        return GoldReward()
+    members = [
+        _load_member(ctx, folder / m["path"], Normalization(m["norm_mean"], m["norm_std"])) for m in spec["members"]
+    ]
+    if kind == "model":
+        return members[0]
+    if kind == "ensemble":
+        return EnsembleReward(members, spec["aggregation"], spec.get("lam", 0.0))
+    raise ValueError(f"{folder / REWARD_SPEC}: unknown reward kind {kind!r}")
+
+
+def _load_member(ctx, folder: Path, norm: Normalization) -> ModelReward:
+    model = models.load_scalar_model(str(folder), ctx.tokenizer, per_token=False).to(ctx.device).eval()
+    model.requires_grad_(False)
+    reward = ModelReward(model, norm)
+    reward.folder = str(folder)
+    return reward
+
+
+def value_init_member(reward) -> ModelReward | None:
+    """The reward model a value model can start from (None for the gold reward)."""
+    if isinstance(reward, ModelReward):
+        return reward
+    if isinstance(reward, EnsembleReward):
+        return reward.members[0]
+    return None
