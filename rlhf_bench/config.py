@@ -211,12 +211,13 @@ def register_configs() -> None:
     from rlhf_bench.rewards.ensemble import EnsembleConfig
     from rlhf_bench.rewards.gold import GoldConfig
     from rlhf_bench.rewards.margin import MarginConfig
+    from rlhf_bench.tasks.arithmetic import ArithmeticTaskConfig
     from rlhf_bench.tasks.sentiment import SentimentTaskConfig
 
     cs = ConfigStore.instance()
     cs.store(name="rlhf_bench_schema", node=Config)
     schemas = {
-        "task": {"sentiment": SentimentTaskConfig},
+        "task": {"sentiment": SentimentTaskConfig, "arithmetic": ArithmeticTaskConfig},
         "model": {"model": ModelConfig},
         "method": {
             "sft": SFTMethodConfig,
