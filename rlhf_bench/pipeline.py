@@ -123,6 +123,17 @@ def check_writable(folder: Path, what: str) -> None:
         ) from None
 
 
+def conventions(cfg: Config) -> dict[str, Any]:
+    """The conventions that change a method's numbers, stated in every record (see README)."""
+    method = cfg.method.conventions() if hasattr(cfg.method, "conventions") else {}
+    return {
+        "prompt_tokens_masked": True,  # every loss and KL is over response tokens only
+        "reward_normalization": bool(getattr(cfg.reward_model, "normalize", False)),
+        "reward": cfg.reward_model.name,
+        **method,
+    }
+
+
 def new_record(cfg: Config, run_id: str, overrides: list[str] | None, device, dtype) -> dict[str, Any]:
     """The record of a run that has just started (status ``running``)."""
     return {
@@ -138,6 +149,7 @@ def new_record(cfg: Config, run_id: str, overrides: list[str] | None, device, dt
         "reward_model": cfg.reward_model.name,
         "seed": cfg.seed,
         "config": to_plain(cfg),
+        "conventions": conventions(cfg),
         "overrides": list(overrides or []),
         "git": git_commit(),
         "versions": package_versions(),

@@ -55,6 +55,7 @@ def test_every_method_runs(root, method):
     assert record["status"] == "finished" and record["method"] == method
     policy = record["metrics"]["policy"]
     assert 0.0 <= policy["win_rate_vs_sft"] <= 1.0
+    assert record["conventions"]["prompt_tokens_masked"] is True and "kl_in" in record["conventions"]
     if method in TRAINED:
         total, unchanged = _changed_tensors(record)
         assert total > 0 and unchanged == [], unchanged

@@ -36,6 +36,12 @@ class OfflineConfig:
         require(self.batch_size >= 1, "method.batch_size", "must be >= 1", self.batch_size)
         require(self.lr > 0, "method.lr", "must be > 0", self.lr)
 
+    def conventions(self) -> dict:
+        return {
+            "sequence_logprobs": "mean" if self.average_logprobs else "sum",
+            "kl_in": "implicit (reference in the loss)",
+        }
+
 
 @dataclass
 class PairLogps:

@@ -31,6 +31,13 @@ class BestOfNConfig:
         require(self.n >= 1, "method.n", "must be >= 1", self.n)
         require(self.temperature > 0, "method.temperature", "must be > 0", self.temperature)
 
+    def conventions(self) -> dict:
+        return {
+            "kl_in": "none (inference-time)",
+            "kl_reported": "analytic log n - (n-1)/n",
+            "sampling_temperature": self.temperature,
+        }
+
 
 def analytic_kl(n: int) -> float:
     """KL(best-of-n || base) = log n - (n - 1) / n."""

@@ -40,6 +40,9 @@ class ExpertIterationConfig:
         require(self.k >= 1, "method.k", "must be >= 1", self.k)
         require(self.lr > 0, "method.lr", "must be > 0", self.lr)
 
+    def conventions(self) -> dict:
+        return {"sequence_logprobs": "per-token mean (NLL)", "kl_in": "none", "sampling_temperature": self.temperature}
+
 
 def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature: float, generator, chunk: int = 64):
     """For each prompt, the best of k samples by the reward: (prompt ids, response ids, scores)."""

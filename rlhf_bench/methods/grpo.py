@@ -65,6 +65,16 @@ class GRPOConfig:
             self.kl_estimator,
         )
 
+    def conventions(self) -> dict:
+        return {
+            "sequence_logprobs": "per-token",
+            "kl_estimator": self.kl_estimator,
+            "kl_in": "loss",
+            "loss_aggregation": self.loss_aggregation,
+            "advantage_std": "group" if self.scale_rewards else "none",
+            "logprob_temperature": self.temperature,
+        }
+
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """[B*G] rewards, G consecutive per prompt -> [B*G] (r - group mean) / (group std + eps).

@@ -101,6 +101,18 @@ class PPOConfig:
         )
         require(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "method.gamma/lam", "must be in [0, 1]")
 
+    def conventions(self) -> dict:
+        return {
+            "sequence_logprobs": "per-token",
+            "kl_estimator": self.kl_estimator,
+            "kl_in": "reward (per token)",
+            "kl_control": f"adaptive (target {self.target_kl})" if self.adaptive_kl else "fixed",
+            "logprob_temperature": self.temperature,
+            "non_eos_penalty": self.non_eos_penalty,
+            "advantage_whitening": self.whiten_advantages,
+            "reward_whitening": self.whiten_rewards,
+        }
+
 
 def load_value_model(ctx: RunContext, init: str, reward) -> torch.nn.Module:
     """A per-token value model: from the reward model (its head rescaled to the normalised

@@ -51,6 +51,14 @@ class RLOOConfig:
             self.kl_estimator,
         )
 
+    def conventions(self) -> dict:
+        return {
+            "sequence_logprobs": "sum",
+            "kl_estimator": self.kl_estimator,
+            "kl_in": "reward (per sequence)",
+            "logprob_temperature": self.temperature,
+        }
+
 
 def leave_one_out_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     """[B*k] rewards, k consecutive samples per prompt -> [B*k] R_i - mean of the other k-1."""

@@ -79,6 +79,9 @@ class SFTMethodConfig:
     _target_: str = "rlhf_bench.methods.sft.train"
     name: str = "sft"
 
+    def conventions(self) -> dict:
+        return {"kl_in": "none (the reference itself)"}
+
 
 def train(ctx: RunContext, cfg: SFTMethodConfig) -> torch.nn.Module:
     """Return the SFT policy unchanged (a fresh copy, so that it is evaluated like any method)."""

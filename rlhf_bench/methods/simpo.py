@@ -36,6 +36,9 @@ class SimPOConfig(OfflineConfig):
             self.average_logprobs, "method.average_logprobs", "must be true for SimPO (its reward is length-normalised)"
         )
 
+    def conventions(self) -> dict:
+        return {"sequence_logprobs": "mean", "kl_in": "none (reference-free)"}
+
 
 def simpo_loss(avg_chosen: torch.Tensor, avg_rejected: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
     """[n] length-averaged log-probs -> [n] per-pair SimPO losses."""
