@@ -1,0 +1,210 @@
+"""rlhf-bench-report: a leaderboard built from run records, never typed by hand.
+
+Reads ``<results_dir>/runs/*/record.json``, groups finished runs by (task, method, reward
+model, and any ``--group-by`` config keys), and reports mean, std and a 95% confidence
+interval over seeds (Student t). Failed and unfinished runs are listed apart, never averaged.
+Writes ``leaderboard.md`` and ``leaderboard.csv`` beside the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+METRICS = {
+    "gold_reward": ("metrics", "policy", "gold_reward"),
+    "proxy_reward": ("metrics", "policy", "proxy_reward"),
+    "kl": ("metrics", "policy", "kl"),
+    "win_rate_vs_sft": ("metrics", "policy", "win_rate_vs_sft"),
+    "sft_gold_reward": ("metrics", "sft", "gold_reward"),
+    "rm_accuracy": ("metrics", "reward_model", "accuracy"),
+    "tokens_generated": ("cost", "tokens_generated"),
+    "wall_seconds": ("cost", "wall_seconds", "total"),
+}
+SHOWN = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
+
+
+def t95(dof: int) -> float:
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+
+
+def _get(record: dict, path: tuple[str, ...]) -> Any:
+    node: Any = record
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _config_value(record: dict, dotted: str) -> Any:
+    return _get(record.get("config", {}), tuple(dotted.split(".")))
+
+
+def load_records(results_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(finished records, the others: failed, running or unreadable)."""
+    finished, others = [], []
+    for path in sorted(Path(results_dir).glob("runs/*/record.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            others.append({"run_id": path.parent.name, "status": f"unreadable ({exc})"})
+            continue
+        (finished if record.get("status") == "finished" else others).append(record)
+    return finished, others
+
+
+def rows(records: list[dict], group_by: list[str]) -> list[dict[str, Any]]:
+    """One row per configuration: mean, std, 95% CI half-width and the number of seeds of each metric."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key = (
+            record.get("task"),
+            record.get("method"),
+            record.get("reward_model"),
+            *(json.dumps(_config_value(record, k)) for k in group_by),
+        )
+        groups.setdefault(key, []).append(record)
+    out = []
+    for key, members in groups.items():
+        row: dict[str, Any] = {"task": key[0], "method": key[1], "reward_model": key[2]}
+        row.update({k: json.loads(v) for k, v in zip(group_by, key[3:])})
+        row["seeds"] = len(members)
+        for name, path in METRICS.items():
+            values = [float(v) for v in (_get(r, path) for r in members) if v is not None]
+            n = len(values)
+            mean = sum(values) / n if n else float("nan")
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+            row[name] = mean
+            row[f"{name}_std"] = std
+            row[f"{name}_ci95"] = t95(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+        out.append(row)
+    return sorted(out, key=lambda r: -r["gold_reward"] if r["gold_reward"] == r["gold_reward"] else math.inf)
+
+
+def _fmt(row: dict, name: str) -> str:
+    mean, std = row[name], row[f"{name}_std"]
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std == std else "")
+
+
+def to_markdown(table_rows: list[dict], group_by: list[str]) -> str:
+    head = ["task", "method", "reward_model", *group_by, "seeds", *(f"{m} (mean ± std)" for m in SHOWN)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table_rows:
+        cells = [
+            str(row["task"]),
+            str(row["method"]),
+            str(row["reward_model"]),
+            *(str(row[k]) for k in group_by),
+            str(row["seeds"]),
+            *(_fmt(row, m) for m in SHOWN),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table_rows: list[dict], path: Path) -> None:
+    import csv
+
+    if not table_rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table_rows[0]))
+        writer.writeheader()
+        writer.writerows(table_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-bench-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--results-dir", default="results", help="folder holding runs/<run-id>/record.json (default: results)"
+    )
+    parser.add_argument("--task", action="append", help="keep only this task (repeatable)")
+    parser.add_argument("--method", action="append", help="keep only this method (repeatable)")
+    parser.add_argument(
+        "--group-by",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also group by this config key, e.g. method.n (repeatable)",
+    )
+    parser.add_argument("--out", default=None, help="output stem (default: <results-dir>/leaderboard)")
+    args = parser.parse_args(argv)
+    console = Console()
+    finished, others = load_records(Path(args.results_dir))
+    keep = [
+        r
+        for r in finished
+        if (not args.task or r.get("task") in args.task) and (not args.method or r.get("method") in args.method)
+    ]
+    table_rows = rows(keep, args.group_by)
+    table = Table(
+        title=f"leaderboard: {len(keep)} finished runs in {args.results_dir}",
+        caption="mean ± std over seeds; sorted by gold reward",
+    )
+    for col in ("task", "method", "reward_model", *args.group_by, "seeds", *SHOWN):
+        table.add_column(col, justify="left" if col in ("task", "method", "reward_model") else "right")
+    for row in table_rows:
+        table.add_row(
+            str(row["task"]),
+            str(row["method"]),
+            str(row["reward_model"]),
+            *(str(row[k]) for k in args.group_by),
+            str(row["seeds"]),
+            *(_fmt(row, m) for m in SHOWN),
+        )
+    console.print(table)
+    if others:
+        console.print(f"[yellow]{len(others)} runs not finished (not averaged):[/yellow]")
+        for r in others:
+            console.print(f"  {r.get('run_id')}: {r.get('status')} {r.get('error') or ''}", highlight=False)
+    stem = Path(args.out) if args.out else Path(args.results_dir) / "leaderboard"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(to_markdown(table_rows, args.group_by))
+    to_csv(table_rows, stem.with_suffix(".csv"))
+    console.print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

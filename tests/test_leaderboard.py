@@ -1,0 +1,67 @@
+"""The leaderboard is built from run records: grouping, mean/std/CI over seeds, failed runs apart."""
+
+import json
+import math
+
+import pytest
+
+from rlhf_bench.report.leaderboard import load_records, main, rows, t95
+
+
+def _record(path, run_id, method, seed, gold, status="finished", n=None):
+    record = {
+        "run_id": run_id,
+        "status": status,
+        "task": "sentiment",
+        "method": method,
+        "reward_model": "bradley_terry",
+        "seed": seed,
+        "config": {"method": {"n": n}},
+        "metrics": {
+            "policy": {"gold_reward": gold, "proxy_reward": 1.0, "kl": 2.0, "win_rate_vs_sft": 0.9},
+            "sft": {"gold_reward": 0.1},
+            "reward_model": {"accuracy": 0.9},
+        },
+        "cost": {"tokens_generated": 100, "wall_seconds": {"total": 10.0}},
+        "error": None if status == "finished" else "NonFiniteError: loss is nan at step 3",
+    }
+    folder = path / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def results(tmp_path):
+    for seed, gold in enumerate([0.7, 0.8, 0.9]):
+        _record(tmp_path, f"ppo{seed}", "ppo", seed, gold)
+    _record(tmp_path, "dpo0", "dpo", 0, 0.5)
+    _record(tmp_path, "bad", "ppo", 3, float("nan"), status="failed")
+    return tmp_path
+
+
+def test_groups_over_seeds_with_mean_std_ci(results):
+    finished, others = load_records(results)
+    assert len(finished) == 4 and [r["run_id"] for r in others] == ["bad"]
+    table = rows(finished, [])
+    assert [r["method"] for r in table] == ["ppo", "dpo"]  # sorted by gold reward
+    ppo = table[0]
+    assert ppo["seeds"] == 3
+    assert ppo["gold_reward"] == pytest.approx(0.8)
+    assert ppo["gold_reward_std"] == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
+    assert ppo["gold_reward_ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(table[1]["gold_reward_std"])  # one seed: no spread
+
+
+def test_t_quantiles():
+    assert t95(1) == 12.706 and t95(2) == 4.303 and t95(1000) == 1.96
+
+
+def test_cli_writes_markdown_and_csv(results, capsys):
+    assert main(["--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs not finished" in out and "NonFiniteError" in out
+    md = (results / "leaderboard.md").read_text()
+    assert "| sentiment | ppo | bradley_terry | 3 | 0.800 ± 0.100 |" in md
+    assert (results / "leaderboard.csv").read_text().startswith("task,method,reward_model,seeds,gold_reward")
+    assert main(["--results-dir", str(results), "--method", "dpo"]) == 0
+    assert "ppo" not in (results / "leaderboard.md").read_text()
