@@ -61,7 +61,17 @@ def test_cli_writes_markdown_and_csv(results, capsys):
     out = capsys.readouterr().out
     assert "1 runs not finished" in out and "NonFiniteError" in out
     md = (results / "leaderboard.md").read_text()
-    assert "| sentiment | ppo | bradley_terry | 3 | 0.800 ± 0.100 |" in md
-    assert (results / "leaderboard.csv").read_text().startswith("task,method,reward_model,seeds,gold_reward")
+    assert "| sentiment | ppo | bradley_terry |  | 3 | 0.800 ± 0.100 |" in md
+    assert (results / "leaderboard.csv").read_text().startswith("task,method,reward_model,settings,seeds,gold_reward")
     assert main(["--results-dir", str(results), "--method", "dpo"]) == 0
     assert "ppo" not in (results / "leaderboard.md").read_text()
+
+
+def test_different_settings_are_different_rows(tmp_path):
+    for seed in (0, 1):
+        _record(tmp_path, f"n4-{seed}", "best_of_n", seed, 0.5 + seed / 10, n=4)
+        _record(tmp_path, f"n8-{seed}", "best_of_n", seed, 0.7 + seed / 10, n=8)
+    finished, _ = load_records(tmp_path)
+    table = rows(finished, [])
+    assert [(r["settings"], r["seeds"]) for r in table] == [("method.n=8", 2), ("method.n=4", 2)]
+    assert rows(finished, ["method.n"])[0]["method.n"] == 8

@@ -93,21 +93,59 @@ def load_records(results_dir: Path) -> tuple[list[dict], list[dict]]:
     return finished, others
 
 
+# Config keys that do not make two runs different configurations.
+NOT_SETTINGS = ("seed", "run_name", "device", "precision", "paths.", "logger.")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True)}
+
+
+def _settings(record: dict) -> dict[str, str]:
+    flat = _flat(record.get("config", {}))
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n) for n in NOT_SETTINGS)}
+
+
 def rows(records: list[dict], group_by: list[str]) -> list[dict[str, Any]]:
-    """One row per configuration: mean, std, 95% CI half-width and the number of seeds of each metric."""
+    """One row per configuration: mean, std, 95% CI half-width and the number of seeds of each metric.
+
+    Runs are one configuration when their whole config agrees except for the seed (and paths,
+    logging, device). The settings that tell configurations of the same task, method and
+    reward model apart are listed in ``settings``, so a sweep's rows name what was swept.
+    """
     groups: dict[tuple, list[dict]] = {}
     for record in records:
-        key = (
-            record.get("task"),
-            record.get("method"),
-            record.get("reward_model"),
-            *(json.dumps(_config_value(record, k)) for k in group_by),
-        )
+        named = {
+            "task": json.dumps(record.get("task")),
+            "method": json.dumps(record.get("method")),
+            "reward_model": json.dumps(record.get("reward_model")),
+        }
+        key = tuple(sorted({**_settings(record), **named}.items()))
         groups.setdefault(key, []).append(record)
+    by_family: dict[tuple, list[dict[str, str]]] = {}
+    for key, members in groups.items():
+        r = members[0]
+        by_family.setdefault((r.get("task"), r.get("method"), r.get("reward_model")), []).append(dict(key))
     out = []
     for key, members in groups.items():
-        row: dict[str, Any] = {"task": key[0], "method": key[1], "reward_model": key[2]}
-        row.update({k: json.loads(v) for k, v in zip(group_by, key[3:])})
+        first = members[0]
+        family = by_family[(first.get("task"), first.get("method"), first.get("reward_model"))]
+        mine = dict(key)
+        varying = sorted(
+            k for k in mine if k not in ("task", "method", "reward_model") and any(o.get(k) != mine[k] for o in family)
+        )
+        row: dict[str, Any] = {
+            "task": first.get("task"),
+            "method": first.get("method"),
+            "reward_model": first.get("reward_model"),
+        }
+        row.update({k: _config_value(first, k) for k in group_by})
+        row["settings"] = ", ".join(f"{k}={json.loads(mine[k])}" for k in varying if k not in group_by)
         row["seeds"] = len(members)
         for name, path in METRICS.items():
             values = [float(v) for v in (_get(r, path) for r in members) if v is not None]
@@ -126,19 +164,20 @@ def _fmt(row: dict, name: str) -> str:
     return f"{mean:.3f}" + (f" ± {std:.3f}" if std == std else "")
 
 
+def columns(group_by: list[str]) -> list[str]:
+    return ["task", "method", "reward_model", *group_by, "settings", "seeds", *SHOWN]
+
+
+def cells(row: dict, group_by: list[str]) -> list[str]:
+    """The displayed cells of a row, in the order of ``columns``."""
+    head = [str(row[k]) for k in ("task", "method", "reward_model", *group_by, "settings", "seeds")]
+    return head + [_fmt(row, m) for m in SHOWN]
+
+
 def to_markdown(table_rows: list[dict], group_by: list[str]) -> str:
-    head = ["task", "method", "reward_model", *group_by, "seeds", *(f"{m} (mean ± std)" for m in SHOWN)]
+    head = [c if c not in SHOWN else f"{c} (mean ± std)" for c in columns(group_by)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table_rows:
-        cells = [
-            str(row["task"]),
-            str(row["method"]),
-            str(row["reward_model"]),
-            *(str(row[k]) for k in group_by),
-            str(row["seeds"]),
-            *(_fmt(row, m) for m in SHOWN),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells(row, group_by)) + " |" for row in table_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="output stem (default: <results-dir>/leaderboard)")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 160))
     finished, others = load_records(Path(args.results_dir))
     keep = [
         r
@@ -182,17 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         title=f"leaderboard: {len(keep)} finished runs in {args.results_dir}",
         caption="mean ± std over seeds; sorted by gold reward",
     )
-    for col in ("task", "method", "reward_model", *args.group_by, "seeds", *SHOWN):
-        table.add_column(col, justify="left" if col in ("task", "method", "reward_model") else "right")
+    for col in columns(args.group_by):
+        table.add_column(col, justify="right" if col in SHOWN or col == "seeds" else "left")
     for row in table_rows:
-        table.add_row(
-            str(row["task"]),
-            str(row["method"]),
-            str(row["reward_model"]),
-            *(str(row[k]) for k in args.group_by),
-            str(row["seeds"]),
-            *(_fmt(row, m) for m in SHOWN),
-        )
+        table.add_row(*cells(row, args.group_by))
     console.print(table)
     if others:
         console.print(f"[yellow]{len(others)} runs not finished (not averaged):[/yellow]")
