@@ -132,3 +132,11 @@ def test_unwritable_results_dir_fails_before_training(tmp_path):
     with pytest.raises(OSError, match="paths.results_dir"):
         pipeline.run(load_config(fast_overrides(tmp_path) + [f"paths.results_dir={blocker}/results"]))
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_same_seed_gives_the_same_numbers(two_runs):
+    """Every stage is budgeted in steps and seeded: rerunning seed 0 reproduces its metrics exactly on CPU."""
+    root, first, _ = two_runs
+    again = pipeline.run(load_config(fast_overrides(root) + ["seed=0", "logger.mode=disabled"]))
+    assert again["metrics"]["policy"] == first["metrics"]["policy"]
+    assert again["metrics"]["sft"] == first["metrics"]["sft"]

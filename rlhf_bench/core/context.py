@@ -65,6 +65,16 @@ class RunContext:
         return load_reward(self, self.reward_model_path)
 
     # --- data ---------------------------------------------------------------------------
+    def generators(self) -> tuple[torch.Generator, torch.Generator]:
+        """(a CPU generator for prompt and minibatch order, a device generator for sampling), from the run seed."""
+        seed = self.cfg.seed
+        return torch.Generator().manual_seed(seed), torch.Generator(device=self.device).manual_seed(seed + 1)
+
+    def sample_prompts(self, n: int, generator: torch.Generator) -> list[str]:
+        """``n`` training prompts drawn with replacement."""
+        pool = self.task.train_prompts
+        return [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=generator)]
+
     def encode(self, texts: list[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 

@@ -62,11 +62,10 @@ def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     reward = ctx.load_reward()
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
-    prompt_gen = torch.Generator().manual_seed(ctx.cfg.seed)
-    sample_gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.seed + 1)
-    pool, pad_id, step = ctx.task.train_prompts, ctx.tokenizer.pad_token_id, 0
+    prompt_gen, sample_gen = ctx.generators()
+    pad_id, step = ctx.tokenizer.pad_token_id, 0
     for round_ in trange(cfg.rounds, desc="expert iteration", unit="round", dynamic_ncols=True):
-        prompts = [pool[int(i)] for i in torch.randint(len(pool), (cfg.prompts_per_round,), generator=prompt_gen)]
+        prompts = ctx.sample_prompts(cfg.prompts_per_round, prompt_gen)
         kept_p, kept_r, scores = best_responses(ctx, policy, reward, prompts, cfg.k, cfg.temperature, sample_gen)
         for _ in range(cfg.steps_per_round):
             idx = torch.randint(len(kept_p), (cfg.batch_size,), generator=prompt_gen).tolist()

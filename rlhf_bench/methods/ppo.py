@@ -219,14 +219,9 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
         if cfg.adaptive_kl
         else FixedKLController(cfg.kl_coef)
     )
-    seed = ctx.cfg.seed
-    prompt_gen = torch.Generator().manual_seed(seed)
-    sample_gen = torch.Generator(device=ctx.device).manual_seed(seed + 1)
-    prompts_all = ctx.task.train_prompts
+    prompt_gen, sample_gen = ctx.generators()
     for step in trange(cfg.steps, desc="PPO", unit="step", dynamic_ncols=True):
-        prompts = [
-            prompts_all[int(i)] for i in torch.randint(len(prompts_all), (cfg.batch_size,), generator=prompt_gen)
-        ]
+        prompts = ctx.sample_prompts(cfg.batch_size, prompt_gen)
         data = rollout(ctx, cfg, policy, ref, reward, value, prompts, kl_ctl.value, sample_gen)
         x = data.extras
         check_finite(x["scores"].mean(), "objective/score", step)

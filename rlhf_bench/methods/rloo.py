@@ -84,11 +84,9 @@ def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     ref, reward = ctx.load_reference(), ctx.load_reward()
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
-    prompt_gen = torch.Generator().manual_seed(ctx.cfg.seed)
-    sample_gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.seed + 1)
-    pool = ctx.task.train_prompts
+    prompt_gen, sample_gen = ctx.generators()
     for step in trange(cfg.steps, desc="RLOO", unit="step", dynamic_ncols=True):
-        prompts = [pool[int(i)] for i in torch.randint(len(pool), (cfg.prompts_per_step,), generator=prompt_gen)]
+        prompts = ctx.sample_prompts(cfg.prompts_per_step, prompt_gen)
         texts, batch = sample_groups(ctx, policy, prompts, cfg.k, cfg.temperature, sample_gen)
         mask = batch[3].float()
         with torch.no_grad():
