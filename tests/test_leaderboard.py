@@ -61,8 +61,10 @@ def test_cli_writes_markdown_and_csv(results, capsys):
     out = capsys.readouterr().out
     assert "1 runs not finished" in out and "NonFiniteError" in out
     md = (results / "leaderboard.md").read_text()
-    assert "| sentiment | ppo | bradley_terry |  | 3 | 0.800 ± 0.100 |" in md
-    assert (results / "leaderboard.csv").read_text().startswith("task,method,reward_model,settings,seeds,gold_reward")
+    assert "| sentiment | ppo | bradley_terry |  | 3 | 3 | 0.800 ± 0.100 |" in md
+    assert (
+        (results / "leaderboard.csv").read_text().startswith("task,method,reward_model,settings,runs,seeds,gold_reward")
+    )
     assert main(["--results-dir", str(results), "--method", "dpo"]) == 0
     assert "ppo" not in (results / "leaderboard.md").read_text()
 
@@ -74,4 +76,7 @@ def test_different_settings_are_different_rows(tmp_path):
     finished, _ = load_records(tmp_path)
     table = rows(finished, [])
     assert [(r["settings"], r["seeds"]) for r in table] == [("method.n=8", 2), ("method.n=4", 2)]
+    _record(tmp_path, "n4-rerun", "best_of_n", 0, 0.5, n=4)
+    n4 = [r for r in rows(load_records(tmp_path)[0], []) if r["settings"] == "method.n=4"][0]
+    assert (n4["runs"], n4["seeds"]) == (3, 2)
     assert rows(finished, ["method.n"])[0]["method.n"] == 8

@@ -146,7 +146,8 @@ def rows(records: list[dict], group_by: list[str]) -> list[dict[str, Any]]:
         }
         row.update({k: _config_value(first, k) for k in group_by})
         row["settings"] = ", ".join(f"{k}={json.loads(mine[k])}" for k in varying if k not in group_by)
-        row["seeds"] = len(members)
+        row["runs"] = len(members)
+        row["seeds"] = len({r.get("seed") for r in members})  # a repeated seed is a rerun, counted in runs
         for name, path in METRICS.items():
             values = [float(v) for v in (_get(r, path) for r in members) if v is not None]
             n = len(values)
@@ -165,12 +166,12 @@ def _fmt(row: dict, name: str) -> str:
 
 
 def columns(group_by: list[str]) -> list[str]:
-    return ["task", "method", "reward_model", *group_by, "settings", "seeds", *SHOWN]
+    return ["task", "method", "reward_model", *group_by, "settings", "runs", "seeds", *SHOWN]
 
 
 def cells(row: dict, group_by: list[str]) -> list[str]:
     """The displayed cells of a row, in the order of ``columns``."""
-    head = [str(row[k]) for k in ("task", "method", "reward_model", *group_by, "settings", "seeds")]
+    head = [str(row[k]) for k in ("task", "method", "reward_model", *group_by, "settings", "runs", "seeds")]
     return head + [_fmt(row, m) for m in SHOWN]
 
 
@@ -219,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     table_rows = rows(keep, args.group_by)
     table = Table(
         title=f"leaderboard: {len(keep)} finished runs in {args.results_dir}",
-        caption="mean ± std over seeds; sorted by gold reward",
+        caption="mean ± std over runs; sorted by gold reward",
     )
     for col in columns(args.group_by):
-        table.add_column(col, justify="right" if col in SHOWN or col == "seeds" else "left")
+        table.add_column(col, justify="right" if col in (*SHOWN, "runs", "seeds") else "left")
     for row in table_rows:
         table.add_row(*cells(row, args.group_by))
     console.print(table)
