@@ -127,6 +127,13 @@ def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
     message = " ".join(str(cause).split())
     if "not in struct" in message or "Could not override" in message or "not in '" in message:
         key = _unknown_key(message, overrides)
+        group, _, leaf = (key or "").partition(".")
+        owners = _options_with_key(group, leaf) if group in _groups() and leaf else []
+        if owners:  # a real key, but not of the option that was chosen
+            return (
+                f"config error: '{key}' is not a key of the chosen {group} option; "
+                f"the {group} options that have it: {', '.join(owners)}."
+            )
         known = _known_keys()
         depth = key.count(".") if key else 0
         same_depth = [k for k in known if k.count(".") == depth]
@@ -159,6 +166,21 @@ def _group_override(text: str, overrides: list[str]) -> tuple[str | None, str | 
 
 def _groups() -> list[str]:
     return sorted(p.name for p in conf_dir().iterdir() if p.is_dir())
+
+
+def _options_with_key(group: str, leaf: str) -> list[str]:
+    """The options of ``group`` whose config has the (dotted) key ``leaf``."""
+    from omegaconf import OmegaConf
+
+    owners = []
+    for option in _group_options(group):
+        try:
+            node = compose([f"{group}={option}"])[group]
+        except Exception:
+            continue
+        if OmegaConf.select(node, leaf, default="__missing__") != "__missing__":
+            owners.append(option)
+    return owners
 
 
 def _group_options(group: str) -> list[str]:

@@ -61,6 +61,10 @@ def test_overrides_reach_typed_config():
         (["logger.mode=sometimes"], "logger.mode"),
         (["preferences.temperature=0"], "preferences.temperature must be > 0"),
         (["device=tpu"], "device must be one of auto, cpu, cuda, cuda:N, mps"),
+        (
+            ["method=sft", "method.steps=3"],
+            "'method.steps' is not a key of the chosen method option; the method options that have it: grpo, ppo, rloo.",
+        ),
     ],
 )
 def test_config_errors_are_explained(overrides, expected):
