@@ -56,7 +56,7 @@ class PPOConfig:
     kl_coef: float = 0.05  # beta (initial value when adaptive)
     adaptive_kl: bool = False
     target_kl: float = 6.0  # nats per sequence (Ziegler et al. 2019)
-    kl_horizon: int = 10000
+    kl_horizon: int = 10000  # Ziegler et al.; scale it to the run: 60 steps x 64 samples need ~200 to move beta
     kl_estimator: str = "k1"
     gamma: float = 1.0
     lam: float = 0.95
@@ -75,6 +75,7 @@ class PPOConfig:
         require(self.kl_coef >= 0, "method.kl_coef", "must be >= 0", self.kl_coef)
         require(self.temperature > 0, "method.temperature", "must be > 0", self.temperature)
         require(self.target_kl > 0, "method.target_kl", "must be > 0", self.target_kl)
+        require(self.kl_horizon >= 1, "method.kl_horizon", "must be >= 1", self.kl_horizon)
         require(
             self.num_minibatches >= 1,
             "method.num_minibatches",
