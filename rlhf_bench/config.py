@@ -33,6 +33,11 @@ def require(condition: bool, key: str, problem: str, value: Any = MISSING) -> No
         raise ConfigError(key, problem, value)
 
 
+def require_choice(value: Any, choices, key: str) -> None:
+    """Raise a ConfigError for ``key`` unless ``value`` is one of ``choices``."""
+    require(value in choices, key, f"must be one of {', '.join(map(str, choices))}", value)
+
+
 class WandbMode(str, Enum):
     offline = "offline"
     online = "online"
@@ -63,12 +68,7 @@ class TinyModelConfig:
     max_positions: int = 64
 
     def __post_init__(self) -> None:
-        require(
-            self.architecture in ("gpt2", "llama"),
-            "model.tiny.architecture",
-            "must be one of gpt2, llama",
-            self.architecture,
-        )
+        require_choice(self.architecture, ("gpt2", "llama"), "model.tiny.architecture")
         require(
             self.d_model % self.n_head == 0,
             "model.tiny.d_model",

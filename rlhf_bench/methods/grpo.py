@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import trange
 
-from rlhf_bench.config import require
+from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.kl import KL_ESTIMATORS, kl_penalty
 from rlhf_bench.core.ops import masked_mean
 from rlhf_bench.core.rollout import response_logprobs
@@ -52,18 +52,8 @@ class GRPOConfig:
         require(self.iterations >= 1, "method.iterations", "must be >= 1", self.iterations)
         require(self.lr > 0, "method.lr", "must be > 0", self.lr)
         require(self.beta >= 0, "method.beta", "must be >= 0", self.beta)
-        require(
-            self.loss_aggregation in AGGREGATIONS,
-            "method.loss_aggregation",
-            f"must be one of {', '.join(AGGREGATIONS)}",
-            self.loss_aggregation,
-        )
-        require(
-            self.kl_estimator in KL_ESTIMATORS,
-            "method.kl_estimator",
-            f"must be one of {sorted(KL_ESTIMATORS)}",
-            self.kl_estimator,
-        )
+        require_choice(self.loss_aggregation, AGGREGATIONS, "method.loss_aggregation")
+        require_choice(self.kl_estimator, KL_ESTIMATORS, "method.kl_estimator")
 
     def conventions(self) -> dict:
         return {

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import trange
 
-from rlhf_bench.config import require
+from rlhf_bench.config import require, require_choice
 from rlhf_bench.core import models
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
@@ -88,18 +88,8 @@ class PPOConfig:
             f"must be divisible by method.num_minibatches={self.num_minibatches}",
             self.batch_size,
         )
-        require(
-            self.kl_estimator in KL_ESTIMATORS,
-            "method.kl_estimator",
-            f"must be one of {sorted(KL_ESTIMATORS)}",
-            self.kl_estimator,
-        )
-        require(
-            self.value_init in ("reward_model", "sft"),
-            "method.value_init",
-            "must be one of reward_model, sft",
-            self.value_init,
-        )
+        require_choice(self.kl_estimator, KL_ESTIMATORS, "method.kl_estimator")
+        require_choice(self.value_init, ("reward_model", "sft"), "method.value_init")
         require(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "method.gamma/lam", "must be in [0, 1]")
 
     def conventions(self) -> dict:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import trange
 
-from rlhf_bench.config import require
+from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.kl import KL_ESTIMATORS, kl_penalty
 from rlhf_bench.core.ops import masked_mean, masked_sum
 from rlhf_bench.core.rollout import response_logprobs
@@ -44,12 +44,7 @@ class RLOOConfig:
         require(self.k >= 2, "method.k", "must be >= 2 (the baseline leaves one sample out)", self.k)
         require(self.lr > 0, "method.lr", "must be > 0", self.lr)
         require(self.kl_coef >= 0, "method.kl_coef", "must be >= 0", self.kl_coef)
-        require(
-            self.kl_estimator in KL_ESTIMATORS,
-            "method.kl_estimator",
-            f"must be one of {sorted(KL_ESTIMATORS)}",
-            self.kl_estimator,
-        )
+        require_choice(self.kl_estimator, KL_ESTIMATORS, "method.kl_estimator")
 
     def conventions(self) -> dict:
         return {

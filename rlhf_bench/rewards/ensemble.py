@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_bench.config import require
+from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.rewards.bradley_terry import (
     BradleyTerryConfig,
@@ -35,12 +35,7 @@ class EnsembleConfig(BradleyTerryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.members >= 2, "reward_model.members", "must be >= 2", self.members)
-        require(
-            self.aggregation in AGGREGATIONS,
-            "reward_model.aggregation",
-            f"must be one of {', '.join(AGGREGATIONS)}",
-            self.aggregation,
-        )
+        require_choice(self.aggregation, AGGREGATIONS, "reward_model.aggregation")
 
 
 def train(ctx: RunContext, cfg: EnsembleConfig, pairs_dir: Path, out_dir: Path) -> dict[str, float]:
