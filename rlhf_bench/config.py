@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from rlhf_bench.evaluation.lm_eval_suite import LmEvalConfig
+
 
 class ConfigError(ValueError):
     """A config value that is well-typed but not allowed; the message names the key."""
@@ -146,6 +148,7 @@ class EvalConfig:
     """Evaluation on held-out prompts: gold reward, proxy reward, KL to SFT, win rate vs SFT."""
 
     name: str = "default"
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     n_prompts: int = 1024
     batch_size: int = 256
     temperature: float = 1.0

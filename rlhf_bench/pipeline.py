@@ -198,7 +198,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         ctx = base_stage(cfg, tracker, device, dtype)
         rm_info = preparation_stages(ctx)
         seed_everything(cfg.seed)
-        record["metrics"] = policy_and_evaluation(ctx, run_id, rm_info)
+        record["metrics"] = policy_and_evaluation(ctx, run_dir, rm_info)
         record["status"] = "finished"
     except BaseException as exc:
         record["status"] = "failed"
@@ -313,10 +313,13 @@ def preparation_stages(ctx) -> dict[str, Any]:
     return rm.info
 
 
-def policy_and_evaluation(ctx, run_id: str, rm_info: dict[str, Any]) -> dict[str, Any]:
-    """Train the method from the SFT policy, save it, and evaluate it against the SFT reference."""
+def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[str, Any]:
+    """Train the method from the SFT policy, save it, and evaluate it against the SFT reference
+    (the task's metrics, then the lm-eval suite)."""
+    import torch
     from hydra.utils import get_method
 
+    from rlhf_bench.evaluation import lm_eval_suite
     from rlhf_bench.evaluation.gold import evaluate
 
     cfg = ctx.cfg
@@ -329,12 +332,30 @@ def policy_and_evaluation(ctx, run_id: str, rm_info: dict[str, Any]) -> dict[str
         "accuracy": rm_info["accuracy"],
         "gold_accuracy": rm_info["gold_accuracy"],
     }
-    policy_dir = Path(cfg.paths.artifacts_dir) / "policy" / run_id
+    if cfg.eval.lm_eval.tasks:
+        with ctx.cost.timed("lm_eval"):
+            suite = lm_eval_suite.write_suite(ctx, run_dir / "lm_eval", cfg.eval.lm_eval.max_gen_toks)
+            models = {"sft": ref, "policy": policy} if isinstance(policy, torch.nn.Module) else {"sft": ref}
+            metrics["lm_eval"] = {
+                who: lm_eval_suite.evaluate(ctx, m, cfg.eval.lm_eval, suite) for who, m in models.items()
+            }
+    policy_dir = Path(cfg.paths.artifacts_dir) / "policy" / run_dir.name
     policy.save_pretrained(policy_dir)  # safetensors for models; best-of-n writes its spec
     ctx.tokenizer.save_pretrained(policy_dir)
     ctx.artifacts["policy"] = {"path": str(policy_dir)}
-    ctx.tracker.summary({f"eval/{who}/{k}": v for who, m in metrics.items() for k, v in m.items()})
+    ctx.tracker.summary(flatten(metrics, "eval/"))
     return metrics
+
+
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a/b": 1}: nested metrics as W&B keys."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _artifact(stage: StageResult) -> dict[str, Any]:

@@ -54,6 +54,7 @@ def fast_overrides(root, ppo: bool = True, reward_model: bool = True) -> list[st
             "preferences.n_train=128",
             "preferences.n_eval=64",
             "eval.n_prompts=32",
+            "eval.lm_eval.limit=16",
             "device=cpu",
         ]
         + (["method.steps=2", "method.batch_size=16", "method.num_minibatches=2", "method.ppo_epochs=1"] if ppo else [])

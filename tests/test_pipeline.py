@@ -56,6 +56,13 @@ def test_record_has_every_field(two_runs):
     assert on_disk["wandb"]["mode"] == "offline" and on_disk["wandb"]["run_id"]
     assert len(on_disk["history"]["ppo"]) == 2
     assert on_disk["versions"]["torch"]
+    # lm-eval's offline suite ran on both policies, with its task versions.
+    for who in ("policy", "sft"):
+        lm = on_disk["metrics"]["lm_eval"][who]
+        assert lm["rb_perplexity"]["word_perplexity"] > 1.0
+        assert 0.0 <= lm["rb_probe"]["acc"] <= 1.0 and "acc_stderr" in lm["rb_probe"]
+        assert -1.0 <= lm["rb_gold"]["gold_reward"] <= 1.0
+        assert lm["_versions"] == {"rb_gold": 1.0, "rb_perplexity": 1.0, "rb_probe": 1.0}
 
 
 def test_second_run_reuses_sft_and_reward_model(two_runs):
@@ -89,6 +96,8 @@ def test_wandb_offline_files_hold_the_logged_metrics(two_runs):
     assert ppo_rows[-1]["objective/kl"] == pytest.approx(record["history"]["ppo"][-1]["objective/kl"])
     summary = run["summary"]
     assert summary["eval/policy/gold_reward"] == pytest.approx(record["metrics"]["policy"]["gold_reward"])
+    probe = record["metrics"]["lm_eval"]["policy"]["rb_probe"]["acc"]
+    assert summary["eval/lm_eval/policy/rb_probe/acc"] == pytest.approx(probe)
     assert run["config"]["method"]["name"] == "ppo"
 
 

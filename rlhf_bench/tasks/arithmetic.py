@@ -55,6 +55,18 @@ class ArithmeticTask:
         self.train_prompts = [self._prompt(rng) for _ in range(cfg.n_train_prompts)]
         eval_rng = random.Random(cfg.data_seed + 1)
         self.eval_prompts = [self._prompt(eval_rng) for _ in range(cfg.n_eval_prompts)]
+        # Held-out, correct equations for the lm-eval suite's perplexity and probe.
+        self.heldout_texts = [f"{p}{_sum(p)}" for p in (self._prompt(eval_rng) for _ in range(256))]
+
+    def probe_items(self) -> list[dict]:
+        """Multiple-choice probe: the right sum vs a sum off by one to three."""
+        rng = random.Random(self.cfg.data_seed + 2)
+        items = []
+        for text in self.heldout_texts:
+            prompt, answer = text.split("=")
+            wrong = int(answer) + rng.choice([-3, -2, -1, 1, 2, 3])
+            items.append({"query": prompt + "=", "choices": [answer, str(wrong)], "gold": 0})
+        return items
 
     def _prompt(self, rng: random.Random) -> str:
         return f"{rng.randint(0, self.cfg.max_operand)}+{rng.randint(0, self.cfg.max_operand)}="
@@ -64,9 +76,13 @@ class ArithmeticTask:
         return [float(_is_correct(p, r)) for p, r in zip(prompts, responses)]
 
 
+def _sum(prompt: str) -> int:
+    a, b = prompt.rstrip("=").split("+")
+    return int(a) + int(b)
+
+
 def _is_correct(prompt: str, response: str) -> bool:
     match = _ANSWER.match(response)
     if match is None:
         return False
-    a, b = prompt.rstrip("=").split("+")
-    return int(match.group(1)) == int(a) + int(b)
+    return int(match.group(1)) == _sum(prompt)

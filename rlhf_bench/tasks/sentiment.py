@@ -146,6 +146,22 @@ class SentimentTask:
         # Held-out prompts use their own stream so that changing the training sizes leaves them be.
         eval_rng = random.Random(cfg.data_seed + 1)
         self.eval_prompts = [eval_rng.choice(OPENINGS) for _ in range(cfg.n_eval_prompts)]
+        # Held-out text for the lm-eval suite: reviews the SFT policy never trained on.
+        self.heldout_texts = [review(eval_rng) for _ in range(256)]
+
+    def probe_items(self) -> list[dict]:
+        """Multiple-choice probe of what SFT learned: a review's real ending vs its words shuffled."""
+        rng = random.Random(self.cfg.data_seed + 2)
+        items = []
+        for text in self.heldout_texts:
+            opening = next(o for o in sorted(OPENINGS, key=len, reverse=True) if text.startswith(o))
+            ending = text[len(opening) :]
+            words = ending.split()
+            shuffled = words[:]
+            while len(set(words)) > 1 and shuffled == words:
+                rng.shuffle(shuffled)
+            items.append({"query": opening, "choices": [ending, " " + " ".join(shuffled)], "gold": 0})
+        return items
 
     def gold_reward(self, prompts: list[str], responses: list[str]) -> list[float]:
         """VADER compound score of each full review (prompt followed by response), in [-1, 1]."""

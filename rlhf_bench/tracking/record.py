@@ -26,6 +26,7 @@ PACKAGES = (
     "omegaconf",
     "wandb",
     "vaderSentiment",
+    "lm_eval",
 )
 
 
