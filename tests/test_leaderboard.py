@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rlhf_bench.report.leaderboard import load_records, main, rows, t95
+from rlhf_bench.report.leaderboard import add_significance, load_records, main, rows, t95
 
 
 def _record(path, run_id, method, seed, gold, status="finished", n=None):
@@ -56,16 +56,38 @@ def test_t_quantiles():
     assert t95(1) == 12.706 and t95(2) == 4.303 and t95(1000) == 1.96
 
 
-def test_cli_writes_markdown_and_csv(results, capsys):
+def test_welch_significance_against_the_best_row(results):
+    from scipy.stats import ttest_ind
+
+    _record(results, "dpo1", "dpo", 1, 0.55)
+    table = rows(load_records(results)[0], [])
+    add_significance(table)
+    ppo, dpo = table
+    assert ppo["vs_best"] == "best"
+    expected = ttest_ind([0.5, 0.55], [0.7, 0.8, 0.9], equal_var=False).pvalue
+    assert dpo["p_vs_best"] == pytest.approx(expected)
+    assert dpo["vs_best"] == f"p={expected:.3g}" + (" *" if expected < 0.05 else "")
+
+
+def test_cli_writes_markdown_and_csv(results, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(results / "wandb_home"))
     assert main(["--results-dir", str(results)]) == 0
+    for suffix in (".html", "_frontier.png", "_overoptimization.png", "_training.png"):
+        path = results / f"leaderboard{suffix}"
+        assert path.stat().st_size > 0, path
+    assert (results / "leaderboard_frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<table>" in (results / "leaderboard.html").read_text()
+    assert list((results / "wandb").glob("offline-run-*/run-*.wandb"))  # the wandb.Table run
     out = capsys.readouterr().out
     assert "1 runs not finished" in out and "NonFiniteError" in out
     md = (results / "leaderboard.md").read_text()
-    assert "| sentiment | ppo | bradley_terry |  | 3 | 3 | 0.800 ± 0.100 |" in md
+    assert "| sentiment | ppo | bradley_terry |  | 3 | 3 | 0.800 ± 0.100 |" in md and "| best |" in md
     assert (
         (results / "leaderboard.csv").read_text().startswith("task,method,reward_model,settings,runs,seeds,gold_reward")
     )
-    assert main(["--results-dir", str(results), "--method", "dpo"]) == 0
+    assert main(["--results-dir", str(results), "--method", "dpo", "--wandb", "disabled", "--no-plots"]) == 0
     assert "ppo" not in (results / "leaderboard.md").read_text()
 
 

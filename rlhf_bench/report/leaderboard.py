@@ -156,6 +156,8 @@ def rows(records: list[dict], group_by: list[str]) -> list[dict[str, Any]]:
             row[name] = mean
             row[f"{name}_std"] = std
             row[f"{name}_ci95"] = t95(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+            if name == "gold_reward":
+                row["_gold_values"] = values
         out.append(row)
     return sorted(out, key=lambda r: -r["gold_reward"] if r["gold_reward"] == r["gold_reward"] else math.inf)
 
@@ -165,14 +167,43 @@ def _fmt(row: dict, name: str) -> str:
     return f"{mean:.3f}" + (f" ± {std:.3f}" if std == std else "")
 
 
+def add_significance(table_rows: list[dict], alpha: float = 0.05) -> None:
+    """``vs_best``: Welch's two-sided t-test of each row's per-run gold reward against the best row
+    of its task among rows with at least two runs (``best``; ``n/a`` for a row with one run);
+    ``*`` marks p < alpha."""
+    from scipy.stats import ttest_ind
+
+    best: dict[Any, dict] = {}
+    for row in sorted(table_rows, key=lambda r: len(r["_gold_values"]) >= 2):  # testable rows win ties of order
+        testable = len(row["_gold_values"]) >= 2
+        current = best.get(row["task"])
+        if (
+            current is None
+            or (testable and len(current["_gold_values"]) < 2)
+            or (testable == (len(current["_gold_values"]) >= 2) and row["gold_reward"] > current["gold_reward"])
+        ):
+            best[row["task"]] = row
+    for row in table_rows:
+        top = best[row["task"]]
+        a, b = row["_gold_values"], top["_gold_values"]
+        if row is top:
+            row["vs_best"], row["p_vs_best"] = "best", float("nan")
+        elif len(a) < 2 or len(b) < 2:
+            row["vs_best"], row["p_vs_best"] = "n/a", float("nan")
+        else:
+            p = float(ttest_ind(a, b, equal_var=False).pvalue)
+            row["p_vs_best"] = p
+            row["vs_best"] = f"p={p:.3g}" + (" *" if p < alpha else "")
+
+
 def columns(group_by: list[str]) -> list[str]:
-    return ["task", "method", "reward_model", *group_by, "settings", "runs", "seeds", *SHOWN]
+    return ["task", "method", "reward_model", *group_by, "settings", "runs", "seeds", *SHOWN, "vs_best"]
 
 
 def cells(row: dict, group_by: list[str]) -> list[str]:
     """The displayed cells of a row, in the order of ``columns``."""
     head = [str(row[k]) for k in ("task", "method", "reward_model", *group_by, "settings", "runs", "seeds")]
-    return head + [_fmt(row, m) for m in SHOWN]
+    return head + [_fmt(row, m) for m in SHOWN] + [row.get("vs_best", "")]
 
 
 def to_markdown(table_rows: list[dict], group_by: list[str]) -> str:
@@ -188,10 +219,29 @@ def to_csv(table_rows: list[dict], path: Path) -> None:
     if not table_rows:
         path.write_text("")
         return
+    fields = [k for k in table_rows[0] if not k.startswith("_")]
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table_rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table_rows)
+
+
+def to_html(table_rows: list[dict], group_by: list[str], title: str) -> str:
+    """A self-contained HTML page (inline CSS, no scripts) with the leaderboard."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns(group_by))
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells(r, group_by)) + "</tr>" for r in table_rows)
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}"
+        "td:nth-child(-n+4){text-align:left}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{style}</style>"
+        f"</head><body><h1>{escape(title)}</h1><p>mean ± std over runs; vs_best: Welch's t-test of gold reward "
+        f"against the best row of the task (* p &lt; 0.05)</p><table><tr>{head}</tr>{body}</table></body></html>\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also group by this config key, e.g. method.n (repeatable)",
     )
     parser.add_argument("--out", default=None, help="output stem (default: <results-dir>/leaderboard)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--wandb",
+        default="offline",
+        choices=["offline", "online", "disabled"],
+        help="log the table as a wandb.Table (default: offline, files under <results-dir>/wandb)",
+    )
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 160))
     finished, others = load_records(Path(args.results_dir))
@@ -218,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if (not args.task or r.get("task") in args.task) and (not args.method or r.get("method") in args.method)
     ]
     table_rows = rows(keep, args.group_by)
+    add_significance(table_rows)
     table = Table(
         title=f"leaderboard: {len(keep)} finished runs in {args.results_dir}",
         caption="mean ± std over runs; sorted by gold reward",
@@ -235,8 +293,36 @@ def main(argv: list[str] | None = None) -> int:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".md").write_text(to_markdown(table_rows, args.group_by))
     to_csv(table_rows, stem.with_suffix(".csv"))
-    console.print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.csv')}")
+    stem.with_suffix(".html").write_text(
+        to_html(table_rows, args.group_by, f"rlhf-bench leaderboard ({args.results_dir})")
+    )
+    written = [stem.with_suffix(s) for s in (".md", ".csv", ".html")]
+    if not args.no_plots and keep:
+        from rlhf_bench.report.plots import write_plots
+
+        written += write_plots(keep, table_rows, stem.parent, stem.name)
+    if args.wandb != "disabled" and table_rows:
+        log_wandb_table(table_rows, args.group_by, Path(args.results_dir), args.wandb)
+    console.print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def log_wandb_table(table_rows: list[dict], group_by: list[str], results_dir: Path, mode: str) -> None:
+    """The leaderboard as a wandb.Table in a run of its own (job_type leaderboard)."""
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(
+        project="rlhf-bench",
+        job_type="leaderboard",
+        dir=str(results_dir),
+        mode=mode,
+        settings=wandb.Settings(console="off", silent=True),
+    )
+    run.log({"leaderboard": wandb.Table(columns=columns(group_by), data=[cells(r, group_by) for r in table_rows])})
+    run.finish()
 
 
 if __name__ == "__main__":
