@@ -1,11 +1,28 @@
 import os
+import socket
 
 import pytest
 import torch
 
-# W&B must never reach the network or the home folder from a test.
+# Tests run as a machine without the hub would: W&B offline, Hugging Face offline.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
+_LOCAL = ("127.", "::1", "localhost", "0.0.0.0")
+_connect = socket.socket.connect
+
+
+def _guarded_connect(sock, address):
+    """Loopback and Unix sockets only (W&B's local service); anything else is a test failure."""
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(address, tuple) and not str(host).startswith(_LOCAL):
+        raise AssertionError(f"a test tried to reach the network: {address}")
+    return _connect(sock, address)
+
+
+socket.socket.connect = _guarded_connect
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,45 @@ def test_different_settings_are_different_rows(tmp_path):
     n4 = [r for r in rows(load_records(tmp_path)[0], []) if r["settings"] == "method.n=4"][0]
     assert (n4["runs"], n4["seeds"]) == (3, 2)
     assert rows(finished, ["method.n"])[0]["method.n"] == 8
+
+
+def test_the_network_guard_is_on():
+    import socket
+
+    with pytest.raises(AssertionError, match="tried to reach the network"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)
+
+
+@pytest.mark.slow
+def test_sweep_leaderboard_recomputed_from_records(tmp_path):
+    """3 methods x 3 seeds through the CLI (Hydra multirun), then the leaderboard's numbers are
+    recomputed from the records with plain Python and compared."""
+    import csv
+    import statistics
+    import subprocess
+    import sys
+
+    from conftest import fast_overrides
+
+    overrides = fast_overrides(tmp_path, ppo=False) + ["logger.mode=disabled"]
+    sweep = subprocess.run(
+        [sys.executable, "-m", "rlhf_bench", "-m", "method=sft,best_of_n,dpo", "seed=0,1,2", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    results = tmp_path / "results"
+    assert main(["--results-dir", str(results), "--wandb", "disabled", "--no-plots"]) == 0
+    table = {r["method"]: r for r in csv.DictReader((results / "leaderboard.csv").read_text().splitlines())}
+    assert set(table) == {"sft", "best_of_n", "dpo"}
+    records = [json.loads(p.read_text()) for p in results.glob("runs/*/record.json")]
+    assert len(records) == 9 and all(r["status"] == "finished" for r in records)
+    for method, row in table.items():
+        mine = [r for r in records if r["method"] == method]
+        for metric in ("gold_reward", "kl", "win_rate_vs_sft"):
+            values = [r["metrics"]["policy"][metric] for r in mine]
+            assert float(row[metric]) == pytest.approx(statistics.mean(values))
+            assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values), nan_ok=True)
+        assert row["seeds"] == "3" and row["runs"] == "3"

@@ -149,3 +149,32 @@ def test_same_seed_gives_the_same_numbers(two_runs):
     again = pipeline.run(load_config(fast_overrides(root) + ["seed=0", "logger.mode=disabled"]))
     assert again["metrics"]["policy"] == first["metrics"]["policy"]
     assert again["metrics"]["sft"] == first["metrics"]["sft"]
+
+
+def test_lm_eval_perplexity_matches_a_direct_computation(two_runs):
+    """rb_perplexity's word perplexity equals exp(-sum log p / words) computed with the SFT model itself:
+    each held-out text scored after an EOS token (lm-eval's rolling window, one window per short text)."""
+    import math
+    import re
+
+    import torch
+
+    from rlhf_bench.core import models
+
+    _, record, _ = two_runs
+    suite = Path(record["record_path"]).parent / "lm_eval"
+    texts = [json.loads(line)["text"] for line in (suite / "rb_perplexity.jsonl").read_text().splitlines()]
+    texts = texts[: record["config"]["eval"]["lm_eval"]["limit"]]
+    sft = record["artifacts"]["sft"]["path"]
+    tok = models.load_tokenizer(sft)
+    model = models.load_causal_lm(sft, tok).eval()
+    total_logp, words = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = [tok.eos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+            total_logp += sum(float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1))
+            words += len(re.split(r"\s+", text))
+    expected = math.exp(-total_logp / words)
+    measured = record["metrics"]["lm_eval"]["sft"]["rb_perplexity"]["word_perplexity"]
+    assert measured == pytest.approx(expected, rel=1e-3)
