@@ -210,7 +210,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
             record["cost"] = ctx.cost.to_dict()
             record["artifacts"] = ctx.artifacts
         record["history"] = tracker.history
-        tracker.summary({f"cost/{k}": v for k, v in record["cost"].items() if not isinstance(v, dict)})
+        tracker.summary(flatten(record["cost"], "cost/"))
         tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
         write_json_atomic(record_path, record)
     record["record_path"] = str(record_path)

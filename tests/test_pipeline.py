@@ -178,3 +178,18 @@ def test_lm_eval_perplexity_matches_a_direct_computation(two_runs):
     expected = math.exp(-total_logp / words)
     measured = record["metrics"]["lm_eval"]["sft"]["rb_perplexity"]["word_perplexity"]
     assert measured == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_record_rebuilt_from_the_wandb_run_matches(two_runs):
+    """What `rlhf-bench-report --wandb-project` reads from W&B (config + summary) rebuilds the record's
+    metrics; checked on the offline run's own files."""
+    from rlhf_bench.report.leaderboard import record_from_wandb
+
+    _, record, _ = two_runs
+    run = read_offline_run(record["wandb"]["dir"])
+    rebuilt = record_from_wandb(record["wandb"]["run_id"], run["state"], run["config"], run["summary"])
+    assert rebuilt["status"] == "finished" and rebuilt["method"] == "ppo" and rebuilt["seed"] == 0
+    for who in ("policy", "sft"):
+        for key, value in record["metrics"][who].items():
+            assert rebuilt["metrics"][who][key] == pytest.approx(value), (who, key)
+    assert rebuilt["cost"]["wall_seconds"]["total"] == pytest.approx(record["cost"]["wall_seconds"]["total"])

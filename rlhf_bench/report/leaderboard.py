@@ -111,6 +111,41 @@ def _settings(record: dict) -> dict[str, str]:
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n) for n in NOT_SETTINGS)}
 
 
+def record_from_wandb(run_id: str, state: str, config: dict, summary: dict) -> dict:
+    """A run record rebuilt from a W&B run's config and summary (what ``rlhf-bench`` logs there)."""
+    metrics: dict[str, dict] = {}
+    for key, value in summary.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "eval" and isinstance(value, (int, float)):
+            metrics.setdefault(parts[1], {})[parts[2]] = value
+    return {
+        "run_id": run_id,
+        "status": "finished" if state == "finished" else state,
+        "task": config.get("task", {}).get("name"),
+        "method": config.get("method", {}).get("name"),
+        "reward_model": config.get("reward_model", {}).get("name"),
+        "seed": config.get("seed"),
+        "config": config,
+        "metrics": metrics,
+        "cost": {
+            "tokens_generated": summary.get("cost/tokens_generated"),
+            "wall_seconds": {"total": summary.get("cost/wall_seconds/total")},
+        },
+        "source": "wandb",
+    }
+
+
+def load_wandb_records(project: str) -> tuple[list[dict], list[dict]]:
+    """Records of every run in a W&B project (``entity/project``), through the W&B API (online)."""
+    import wandb
+
+    finished, others = [], []
+    for run in wandb.Api().runs(project, filters={"jobType": {"$ne": "leaderboard"}}):
+        record = record_from_wandb(run.id, run.state, dict(run.config), dict(run.summary))
+        (finished if record["status"] == "finished" else others).append(record)
+    return finished, others
+
+
 def rows(records: list[dict], group_by: list[str]) -> list[dict[str, Any]]:
     """One row per configuration: mean, std, 95% CI half-width and the number of seeds of each metric.
 
@@ -261,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output stem (default: <results-dir>/leaderboard)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
+        "--wandb-project",
+        metavar="ENTITY/PROJECT",
+        help="also read the runs of this W&B project through the W&B API (needs a key and network)",
+    )
+    parser.add_argument(
         "--wandb",
         default="offline",
         choices=["offline", "online", "disabled"],
@@ -269,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 160))
     finished, others = load_records(Path(args.results_dir))
+    if args.wandb_project:
+        seen = {r.get("run_id") for r in finished + others}
+        remote_finished, remote_others = load_wandb_records(args.wandb_project)
+        finished += [r for r in remote_finished if r["run_id"] not in seen]
+        others += [r for r in remote_others if r["run_id"] not in seen]
     keep = [
         r
         for r in finished
