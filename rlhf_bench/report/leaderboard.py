@@ -269,7 +269,7 @@ def to_html(table_rows: list[dict], group_by: list[str], title: str) -> str:
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells(r, group_by)) + "</tr>" for r in table_rows)
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#eee}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}th{background:#eee}"
         "td:nth-child(-n+4){text-align:left}"
     )
     return (
