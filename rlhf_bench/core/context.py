@@ -8,7 +8,6 @@ for a hub model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,6 +129,3 @@ class RunContext:
             self.task.gold_reward(prompts, self.decode(response_ids, response_mask)),
             dtype=torch.float32,
         )
-
-    def artifact_dir(self, *parts: str) -> Path:
-        return Path(self.cfg.paths.artifacts_dir).joinpath(*parts)

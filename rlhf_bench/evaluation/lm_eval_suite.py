@@ -42,6 +42,8 @@ def _yaml(name: str, data: Path, body: str) -> str:
 
 def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
     """Write the suite's YAMLs, data and metric for ``ctx.task`` into ``folder``."""
+    from rlhf_bench.pipeline import to_plain
+
     folder.mkdir(parents=True, exist_ok=True)
     task = ctx.task
     config_cls = type(ctx.cfg.task)
@@ -49,7 +51,7 @@ def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
         {
             "target": ctx.cfg.task._target_,
             "config_class": f"{config_cls.__module__}.{config_cls.__qualname__}",
-            "config": _plain(ctx.cfg.task),
+            "config": to_plain(ctx.cfg.task),
         }
     )
 
@@ -98,12 +100,6 @@ def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
         "from rlhf_bench.evaluation.lm_eval_suite import gold_process_results as process_results  # noqa: F401\n"
     )
     return folder
-
-
-def _plain(obj: Any) -> Any:
-    from rlhf_bench.pipeline import to_plain
-
-    return to_plain(obj)
 
 
 @lru_cache(maxsize=4)

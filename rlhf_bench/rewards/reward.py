@@ -54,8 +54,6 @@ class EnsembleReward:
     (uncertainty-weighted optimisation, Coste et al. 2023)."""
 
     def __init__(self, members: list[ModelReward], aggregation: str, lam: float):
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown ensemble aggregation {aggregation!r}; choose from {AGGREGATIONS}")
         self.members, self.aggregation, self.lam = members, aggregation, lam
 
     def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:

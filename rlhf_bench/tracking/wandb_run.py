@@ -34,34 +34,26 @@ class Tracker:
 
         self._set_environment(run_dir)
         settings = wandb.Settings(console="off", silent=True, x_disable_stats=True)
+        init = dict(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=list(cfg.tags),
+            name=name,
+            id=run_id,
+            config=config,
+            dir=str(run_dir),
+            settings=settings,
+        )
         try:
-            self._run = wandb.init(
-                project=cfg.project,
-                entity=cfg.entity,
-                group=cfg.group,
-                tags=list(cfg.tags),
-                name=name,
-                id=run_id,
-                config=config,
-                dir=str(run_dir),
-                mode=self.mode,
-                settings=settings,
-            )
-        except Exception as exc:  # online without network or key: keep going offline
+            self._run = wandb.init(mode=self.mode, **init)
+        except Exception as exc:  # online without network or key: keep going offline, same run otherwise
             if self.mode != "online":
                 raise
             console.print(f"[yellow]W&B online init failed ({exc}); logging offline instead.[/yellow]")
             self.mode = "offline"
             os.environ["WANDB_MODE"] = "offline"
-            self._run = wandb.init(
-                project=cfg.project,
-                name=name,
-                id=run_id,
-                config=config,
-                dir=str(run_dir),
-                mode="offline",
-                settings=settings,
-            )
+            self._run = wandb.init(mode="offline", **init)
         self.run_id = self._run.id
         self.dir = Path(self._run.dir).parent  # .../wandb/offline-run-<date>-<id>
 
