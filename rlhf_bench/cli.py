@@ -3,7 +3,9 @@
 Before Hydra runs the job, the command line is composed once here so that a typo in a
 key, an unknown group option, a wrong type or a value out of range is reported as one
 line naming the key and the choices, with exit code 2 and no stack trace
-(``RLHF_BENCH_DEBUG=1`` shows it).
+(``RLHF_BENCH_DEBUG=1`` shows it). A multirun is checked the same way, with the values of
+``hydra.sweeper.params`` (a ready sweep: ``+sweep=<name>``, a file in ``sweeps/``) added to
+those of the command line.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import difflib
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+from hydra.errors import CompactHydraException
 from rich.console import Console
 from rich.markup import escape
 
 console = Console(stderr=True)
 EXIT_CONFIG_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a process killed by SIGTERM reports
 
 # Hydra flags after which no job runs or whose arguments are not overrides.
 _NO_PREFLIGHT_FLAGS = {
@@ -59,6 +64,32 @@ def conf_dir() -> Path:
     )
 
 
+def sweeps_dir() -> Path:
+    """The ready sweeps: ``rlhf_bench/sweeps`` in an installed wheel, ``<repo>/sweeps`` in a checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "sweeps", package.parent / "sweeps"):
+        if (candidate / "methods_x_seeds.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"rlhf-bench's sweeps were not found in {package / 'sweeps'} or {package.parent / 'sweeps'}"
+    )
+
+
+def register_sweeps() -> None:
+    """Make every ``sweeps/*.yaml`` an option of the config group ``sweep`` (``+sweep=<name>``).
+
+    A sweep file is a global-package Hydra config that sets ``hydra.sweeper.params`` (and may
+    override ``/hydra/sweeper``); storing it in the ConfigStore lets the package find it wherever
+    it is installed, as ``conf_dir()`` does for the config tree. Idempotent.
+    """
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    for path in sorted(sweeps_dir().glob("*.yaml")):
+        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_", provider="rlhf-bench")
+
+
 def _debug() -> bool:
     return os.environ.get("RLHF_BENCH_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -81,8 +112,9 @@ def _overrides(argv: list[str]) -> list[str] | None:
     return out
 
 
-def compose(overrides: list[str]):
-    """Compose the config for ``overrides`` (outside a Hydra run): a DictConfig."""
+def compose(overrides: list[str], return_hydra_config: bool = False):
+    """Compose the config for ``overrides`` (outside a Hydra run): a DictConfig, with the
+    ``hydra`` node (launcher, sweeper, sweep folder) when ``return_hydra_config``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -90,9 +122,10 @@ def compose(overrides: list[str]):
     from rlhf_bench.config import register_configs
 
     register_configs()
+    register_sweeps()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+        return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def load_config(overrides: list[str]):
@@ -120,7 +153,12 @@ def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
             msg = (
                 f"config error: '{option}' is not an option of config group '{group}'. Available: {', '.join(choices)}."
             )
-            return msg + (f" Did you mean {group}={hint[0]}?" if hint else "")
+            if group.startswith("hydra/") and not hint:
+                msg += " (Launcher and sweeper plugins: pip install 'rlhf-bench[sweeps]' for joblib, submitit, Optuna; 'rlhf-bench[ray]' for Ray.)"
+            prefix = next(
+                (o[: len(o) - len(o.lstrip("+~"))] for o in overrides if o.lstrip("+~").startswith(f"{group}=")), ""
+            )
+            return msg + (f" Did you mean {prefix}{group}={hint[0]}?" if hint else "")
         return "config error: " + " ".join(text.split())
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     first_line, _, rest = str(cause).strip().partition("\n")
@@ -134,6 +172,8 @@ def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
                 f"config error: '{key}' is not a key of the chosen {group} option; "
                 f"the {group} options that have it: {', '.join(owners)}."
             )
+        if key and key.startswith(("hydra.launcher.", "hydra.sweeper.")):
+            return f"config error: unknown config key '{key}'." + _plugin_key_hint(key, overrides)
         known = _known_keys()
         depth = key.count(".") if key else 0
         same_depth = [k for k in known if k.count(".") == depth]
@@ -165,7 +205,7 @@ def _group_override(text: str, overrides: list[str]) -> tuple[str | None, str | 
 
 
 def _groups() -> list[str]:
-    return sorted(p.name for p in conf_dir().iterdir() if p.is_dir())
+    return sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
 
 
 def _options_with_key(group: str, leaf: str) -> list[str]:
@@ -184,8 +224,17 @@ def _options_with_key(group: str, leaf: str) -> list[str]:
 
 
 def _group_options(group: str) -> list[str]:
-    folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """The options of ``group`` as Hydra sees them: files in conf/, the ready sweeps, installed plugins."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlhf_bench.config import register_configs
+
+    register_configs()
+    register_sweeps()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
 def _unknown_key(message: str, overrides: list[str]) -> str | None:
@@ -202,20 +251,41 @@ def _unknown_key(message: str, overrides: list[str]) -> str | None:
     return overrides[0].partition("=")[0] if overrides else None
 
 
+def _walk(node, prefix=""):
+    """Every dotted key under ``node``."""
+    from omegaconf import DictConfig
+
+    for k, v in node.items_ex(resolve=False):
+        key = f"{prefix}{k}"
+        yield key
+        if isinstance(v, DictConfig) and not v._is_none():
+            yield from _walk(v, key + ".")
+
+
 def _known_keys() -> list[str]:
     """Every dotted key of the default config, and the group names."""
-    from omegaconf import DictConfig, OmegaConf
-
-    def walk(node, prefix=""):
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            yield key
-            if isinstance(v, DictConfig):
-                yield from walk(v, key + ".")
+    from omegaconf import OmegaConf
 
     cfg = compose([])
     OmegaConf.set_struct(cfg, False)
-    return sorted(set(walk(cfg)) | set(_groups()))
+    return sorted(set(_walk(cfg)) | set(_groups()))
+
+
+def _plugin_key_hint(key: str, overrides: list[str]) -> str:
+    """For an unknown ``hydra.launcher.*`` or ``hydra.sweeper.*`` key: the close keys of the chosen plugin."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    node = key.split(".")[1]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        kept = [o.input_line for o in parsed if not o.is_sweep_override() and o.get_key_element().lstrip("+~") != key]
+        hydra_cfg = compose(kept, return_hydra_config=True).hydra
+        known = list(_walk(hydra_cfg[node], f"hydra.{node}."))
+        chosen = hydra_cfg.runtime.choices.get(f"hydra/{node}")
+    except Exception:  # only a hint: never fail while explaining a failure
+        return ""
+    hint = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
+    return f" Did you mean: {', '.join(hint)}?" if hint else f" The chosen hydra/{node} ({chosen}) has no such key."
 
 
 def _jobs_to_check(overrides: list[str]) -> list[list[str]]:
@@ -223,18 +293,23 @@ def _jobs_to_check(overrides: list[str]) -> list[list[str]]:
 
     A sweep of several keys is not expanded into its product: each value is checked with the
     first value of the other sweeps, which finds every bad key and bad value at a fraction of
-    the cost. Sweeps a sweeper samples (``interval(...)``) are checked by Hydra's own run.
+    the cost. A range a sweeper samples from (``interval(a, b)``, Optuna) is checked at both ends.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     values: list[list[str]] = []
     for o in parsed:
         key = o.get_key_element()
         if o.is_sweep_override():
+            sweep = o.value()
+            if isinstance(sweep, IntervalSweep):
+                values.append([f"{key}={_number(sweep.start)}", f"{key}={_number(sweep.end)}"])
+                continue
             try:
                 values.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-            except Exception:  # interval() and other sampled sweeps: no fixed values to check
+            except Exception:  # glob() and other sweeps with no fixed values to check here
                 values.append([])
         else:
             values.append([o.input_line])
@@ -248,12 +323,36 @@ def _jobs_to_check(overrides: list[str]) -> list[list[str]]:
     return jobs
 
 
+def _number(x: float) -> str:
+    """An interval end as an override value: ``1.0`` -> ``1`` (valid for int keys too), ``1e-05`` as is."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def sweep_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
+    """The overrides a multirun sweeps over: ``hydra.sweeper.params`` of the composed config
+    (a ready sweep's grid or search space) followed by ``overrides``; a key given on the command
+    line replaces the sweep's, as Hydra's sweepers do. A single run (no ``-m`` and ``hydra.mode``
+    not ``MULTIRUN``) ignores the sweeper: ``overrides`` unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # As Hydra composes a multirun's own config: with the overrides that are not sweeps.
+    hydra_cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()], return_hydra_config=True).hydra
+    if not (multirun or hydra_cfg.mode == RunMode.MULTIRUN):
+        return overrides
+    given = {o.get_key_element().lstrip("+~") for o in parsed}
+    params = hydra_cfg.sweeper.get("params") or {}
+    return [f"{k}={v}" for k, v in params.items() if k not in given] + list(overrides)
+
+
 def preflight(argv: list[str]) -> None:
     """Compose and validate the config(s) of this command line; exit 2 with a clear message if wrong."""
     overrides = _overrides(argv)
     if overrides is None:
         return
     try:
+        overrides = sweep_overrides(overrides, multirun="-m" in argv or "--multirun" in argv)
         for job in _jobs_to_check(overrides):
             load_config(job)
     except Exception as exc:
@@ -263,8 +362,39 @@ def preflight(argv: list[str]) -> None:
         sys.exit(EXIT_CONFIG_ERROR)
 
 
-def run_job(cfg) -> None:
-    """The Hydra task function: convert the config, run the pipeline, print the summary."""
+class JobFailed(CompactHydraException):
+    """One job of a multirun failed: Hydra marks it failed and the sweep goes on (Optuna counts a
+    failed trial, up to ``hydra.sweeper.max_failure_rate``); the multirun exits 1 at the end,
+    printing this message without a stack trace (a CompactHydraException)."""
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _fail(message: str, code: int, note: str = "") -> NoReturn:
+    """Report a failed job: exit ``code`` from a single run, raise JobFailed inside a multirun."""
+    console.print(escape(message), style="red", highlight=False, soft_wrap=True)
+    if note:
+        console.print(note)
+    if _multirun():
+        raise JobFailed(message) from None  # the message says it all; RLHF_BENCH_DEBUG=1 re-raises
+    sys.exit(code)
+
+
+def objective(record: dict) -> float:
+    """What a sweeper maximises: the policy's mean gold reward on the held-out prompts (the SFT
+    row's for ``method=sft``, whose policy is the reference), ``metrics.<who>.gold_reward``."""
+    metrics = record["metrics"]
+    return float((metrics.get("policy") or metrics["sft"])["gold_reward"])
+
+
+def run_job(cfg) -> float:
+    """The Hydra task function: convert the config, run the pipeline, print the summary; return
+    the run's gold reward (``objective``) for sweepers such as Optuna (a single run ignores it)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -276,19 +406,29 @@ def run_job(cfg) -> None:
     except Exception as exc:
         if _debug():
             raise
-        console.print(escape(explain_config_error(exc, [])), style="red", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_CONFIG_ERROR)
+        _fail(explain_config_error(exc, []), EXIT_CONFIG_ERROR)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    from rlhf_bench.config import ConfigError
+    from rlhf_bench.core.checkpoint import Preempted
+    from rlhf_bench.rewards.function import RewardFunctionError
+    from rlhf_bench.tasks.data import DataError
+
     try:
         record = pipeline.run(typed, overrides)
+    except (ConfigError, DataError, RewardFunctionError) as exc:  # bad input, found once the data is read
+        if _debug():
+            raise
+        _fail(f"bad input: {exc}", EXIT_CONFIG_ERROR, "(nothing was trained; the run record says status=failed.)")
+    except Preempted as exc:
+        _fail(f"preempted: {exc}", EXIT_PREEMPTED)
     except (OSError, RuntimeError) as exc:
         if _debug():
             raise
-        console.print(escape(f"run failed: {type(exc).__name__}: {exc}"), style="red", highlight=False, soft_wrap=True)
-        console.print("(RLHF_BENCH_DEBUG=1 shows the stack trace; the run record says status=failed.)")
-        sys.exit(EXIT_RUN_FAILED)
+        note = "(RLHF_BENCH_DEBUG=1 shows the stack trace; the run record says status=failed.)"
+        _fail(f"run failed: {type(exc).__name__}: {exc}", EXIT_RUN_FAILED, note)
     Console(width=max(Console().width, 110)).print(summary_table(record))
     print_paths(record)
+    return objective(record)
 
 
 def print_paths(record: dict) -> None:
@@ -315,6 +455,7 @@ def main() -> None:
     from rlhf_bench.config import register_configs
 
     register_configs()
+    register_sweeps()
     preflight(sys.argv[1:])
     app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(run_job)
     app()

@@ -59,6 +59,21 @@ class PathsConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When training stages checkpoint, and whether a re-run resumes."""
+
+    every_steps: int = 0  # 0: no step-based schedule
+    every_seconds: float = 300.0  # 0: no time-based schedule (SIGTERM still checkpoints)
+    resume: bool = True  # a re-run of an interrupted run (same config) continues it
+    verify_artifacts: str = "hash"  # hash | size | none: how cached stages are checked before reuse
+
+    def __post_init__(self) -> None:
+        require(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0", self.every_steps)
+        require(self.every_seconds >= 0, "checkpoint.every_seconds", "must be >= 0", self.every_seconds)
+        require_choice(self.verify_artifacts, ("hash", "size", "none"), "checkpoint.verify_artifacts")
+
+
+@dataclass
 class TinyModelConfig:
     """A causal LM built from a config, with a byte-level BPE tokenizer trained on the task's text."""
 
@@ -86,6 +101,33 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters on the method's policy (Hu et al. 2021): W x + (alpha / r) * B A x, B = 0 at the start.
+
+    Only A and B train; the reference is the same base weights with the adapters off, so a LoRA
+    run holds one copy of the model. SFT and the reward model stay full fine-tuning. Dropout is
+    off by default: RL needs the same log-probs in rollout and update (see ``disable_dropout``).
+    """
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: peft's default for the architecture (gpt2: c_attn)
+
+    def __post_init__(self) -> None:
+        require(self.r >= 1, "model.lora.r", "must be >= 1", self.r)
+        require(self.alpha > 0, "model.lora.alpha", "must be > 0", self.alpha)
+        require(0 <= self.dropout < 1, "model.lora.dropout", "must be in [0, 1)", self.dropout)
+        require(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "model.lora.target_modules",
+            "must be null (peft's default) or a non-empty list of module names",
+            self.target_modules,
+        )
+
+
+@dataclass
 class ModelConfig:
     """The policy's base model: any Hugging Face causal LM by name or path, or the tiny one."""
 
@@ -95,6 +137,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     init_seed: int = 0
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: memory for compute
+    chat_template: bool = False  # format prompts with the tokenizer's chat template (as a user turn)
 
 
 @dataclass
@@ -128,6 +173,8 @@ class PreferenceConfig:
     n_eval: int = 512
     temperature: float = 0.1
     flip_prob: float = 0.0
+    annotators: int = 1  # a pool of simulated annotators (AlpacaFarm): each pair labelled by one at random
+    annotator_spread: float = 0.0  # annotator k's temperature: temperature * exp(spread * t_k), t_k in [-1, 1]
     generation_batch_size: int = 256
     seed: int = 0
 
@@ -135,6 +182,8 @@ class PreferenceConfig:
         require(self.n_train >= 1, "preferences.n_train", "must be >= 1", self.n_train)
         require(self.n_eval >= 1, "preferences.n_eval", "must be >= 1", self.n_eval)
         require(self.temperature > 0, "preferences.temperature", "must be > 0", self.temperature)
+        require(self.annotators >= 1, "preferences.annotators", "must be >= 1", self.annotators)
+        require(self.annotator_spread >= 0, "preferences.annotator_spread", "must be >= 0", self.annotator_spread)
         require(
             0 <= self.flip_prob <= 0.5,
             "preferences.flip_prob",
@@ -185,6 +234,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Precision = Precision.auto
     paths: PathsConfig = field(default_factory=PathsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run_name: str | None = None
 
     def __post_init__(self) -> None:
@@ -212,15 +262,18 @@ def register_configs() -> None:
     from rlhf_bench.methods.simpo import SimPOConfig
     from rlhf_bench.rewards.bradley_terry import BradleyTerryConfig
     from rlhf_bench.rewards.ensemble import EnsembleConfig
+    from rlhf_bench.rewards.function import FunctionRewardConfig
     from rlhf_bench.rewards.gold import GoldConfig
     from rlhf_bench.rewards.margin import MarginConfig
+    from rlhf_bench.rewards.pretrained import PretrainedRewardConfig
     from rlhf_bench.tasks.arithmetic import ArithmeticTaskConfig
     from rlhf_bench.tasks.sentiment import SentimentTaskConfig
+    from rlhf_bench.tasks.user import UserTaskConfig
 
     cs = ConfigStore.instance()
     cs.store(name="rlhf_bench_schema", node=Config)
     schemas = {
-        "task": {"sentiment": SentimentTaskConfig, "arithmetic": ArithmeticTaskConfig},
+        "task": {"sentiment": SentimentTaskConfig, "arithmetic": ArithmeticTaskConfig, "user": UserTaskConfig},
         "model": {"model": ModelConfig},
         "method": {
             "sft": SFTMethodConfig,
@@ -239,6 +292,8 @@ def register_configs() -> None:
             "margin": MarginConfig,
             "ensemble": EnsembleConfig,
             "gold": GoldConfig,
+            "pretrained": PretrainedRewardConfig,
+            "function": FunctionRewardConfig,
         },
         "eval": {"eval": EvalConfig},
         "logger": {"wandb": LoggerConfig},

@@ -17,6 +17,7 @@ import enum
 import hashlib
 import json
 import os
+import platform
 import secrets
 import shutil
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from rlhf_bench.config import Config
+from rlhf_bench.core.checkpoint import Preempted, manifest, preemption_handler, verify_manifest
 from rlhf_bench.tracking.record import (
     RECORD_VERSION,
     git_commit,
@@ -36,7 +38,7 @@ from rlhf_bench.tracking.record import (
 )
 
 console = Console(stderr=True)
-STAGE_VERSION = 2  # bump when a stage's code changes what it produces
+STAGE_VERSION = 3  # bump when a stage's code changes what it produces
 
 
 def to_plain(obj: Any) -> Any:
@@ -66,38 +68,66 @@ class StageResult:
 
 
 def cached_stage(
-    artifacts_dir: Path, stage: str, key: dict[str, Any], build: Callable[[Path], dict[str, Any]]
+    artifacts_dir: Path,
+    stage: str,
+    key: dict[str, Any],
+    build: Callable[[Path, Path], dict[str, Any]],
+    verify: str = "hash",
 ) -> StageResult:
-    """Return the stage's output folder, building it with ``build(tmp_dir) -> info`` if absent."""
+    """Return the stage's output folder, building it with ``build(tmp_dir, checkpoint_dir) -> info``
+    if absent or if its files no longer match the hashes recorded when it was built.
+
+    ``checkpoint_dir`` (``<stage>/<hash>.resume/``) outlives a killed build, so that the next
+    build resumes from the last checkpoint; it is removed once the stage is complete.
+    """
     from filelock import FileLock
 
     digest = config_hash({"stage": stage, "stage_version": STAGE_VERSION, **key})
     root = artifacts_dir / stage
     final = root / digest
-    meta = final / "stage.json"
-    if meta.exists():
-        return StageResult(final, digest, True, json.loads(meta.read_text())["info"])
+    found = _complete(final, verify)
+    if found is not None:
+        return StageResult(final, digest, True, found)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{digest}.lock")):
-        if meta.exists():  # another worker built it while we waited
-            return StageResult(final, digest, True, json.loads(meta.read_text())["info"])
+        found = _complete(final, verify)  # another worker built it while we waited
+        if found is not None:
+            return StageResult(final, digest, True, found)
+        for stale in root.glob(f".{digest}.tmp-*"):  # left by a killed worker (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # incomplete or corrupted: keep it aside for inspection, rebuild
+            final.rename(root / f".{digest}.bad-{int(time.time())}")
         tmp = root / f".{digest}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        resume_dir = root / f"{digest}.resume"
         try:
             start = time.perf_counter()
-            info = build(tmp)
+            info = build(tmp, resume_dir)
             info["wall_seconds"] = round(time.perf_counter() - start, 3)
-            write_json_atomic(
-                tmp / "stage.json",
-                {"stage": stage, "hash": digest, "key": key, "info": info, "created": _now()},
-            )
-            if final.exists():  # an incomplete folder without stage.json
-                shutil.rmtree(final)
+            meta = {"stage": stage, "hash": digest, "key": key, "info": info, "created": _now()}
+            meta["files"] = manifest(tmp)
+            write_json_atomic(tmp / "stage.json", meta)
             os.replace(tmp, final)
+            shutil.rmtree(resume_dir, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return StageResult(final, digest, False, info)
+
+
+def _complete(folder: Path, verify: str) -> dict[str, Any] | None:
+    """The info of a complete, unaltered stage folder; None if absent; warns if altered."""
+    meta_path = folder / "stage.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        problem = verify_manifest(folder, meta["files"], verify)
+    except (OSError, ValueError, KeyError) as exc:
+        problem = f"stage.json is unreadable ({exc})"
+    if problem is None:
+        return meta["info"]
+    console.print(f"[yellow]cached artifact {folder} was altered or truncated ({problem}); rebuilding it[/yellow]")
+    return None
 
 
 def _now() -> str:
@@ -164,7 +194,12 @@ def new_record(cfg: Config, run_id: str, overrides: list[str] | None, device, dt
 
 
 def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage for ``cfg``; return the run record (also written to disk)."""
+    """Run every stage for ``cfg``; return the run record (also written to disk).
+
+    If an earlier run of the same config was interrupted (killed, preempted) and
+    ``checkpoint.resume`` is on, this continues it: same run id, same record, each stage
+    resumed from its last checkpoint.
+    """
     from rlhf_bench.core import models
     from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
     from rlhf_bench.tracking.wandb_run import Tracker
@@ -173,19 +208,34 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)
     check_writable(results_dir, "results_dir")
     check_writable(artifacts_dir, "artifacts_dir")
-    run_id = make_run_id(cfg)
-    run_dir = results_dir / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    record_path = run_dir / "record.json"
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.precision, device)
-    record = new_record(cfg, run_id, overrides, device, dtype)
+    config = to_plain(cfg)
+    resume_key = config_hash(config)
+    found = find_interrupted(results_dir, resume_key) if cfg.checkpoint.resume else None
+    if found is not None:
+        run_dir, record, lock = found
+        record.update(status="running", error=None, finished=None)
+        record["resumed"] = record.get("resumed", 0) + 1
+    else:
+        run_dir = results_dir / "runs" / make_run_id(cfg)
+        run_dir.mkdir(parents=True)
+        lock = _run_lock(run_dir)
+        lock.acquire()
+        record = new_record(cfg, run_dir.name, overrides, device, dtype)
+        record["resume_key"] = resume_key
+    run_id, record_path = run_dir.name, run_dir / "record.json"
+    record.setdefault("attempts", []).append({"started": _now(), "host": platform.node(), "pid": os.getpid()})
     write_json_atomic(record_path, record)
     console.print(
-        f"[bold]rlhf-bench[/bold] run [cyan]{run_id}[/cyan]: task={cfg.task.name} model={cfg.model.name} "
-        f"reward_model={cfg.reward_model.name} method={cfg.method.name} seed={cfg.seed} device={device}"
+        f"[bold]rlhf-bench[/bold] {'resuming' if found else 'run'} [cyan]{run_id}[/cyan]: task={cfg.task.name} "
+        f"model={cfg.model.name} reward_model={cfg.reward_model.name} method={cfg.method.name} seed={cfg.seed} "
+        f"device={device}"
     )
-    tracker = Tracker(cfg.logger, run_dir, run_id, run_id, record["config"])
+    # Each attempt of a resumed run is its own W&B run: a killed attempt's id may still be held
+    # by a W&B service process that outlived it. The record holds the whole history.
+    attempt = len(record["attempts"])
+    tracker = Tracker(cfg.logger, run_dir, run_id if attempt == 1 else f"{run_id}-attempt{attempt}", run_id, config)
     record["wandb"] = {
         "run_id": tracker.run_id,
         "mode": tracker.mode,
@@ -194,15 +244,20 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     }
     ctx = None
     try:
-        seed_everything(cfg.seed)
-        ctx = base_stage(cfg, tracker, device, dtype)
-        rm_info = preparation_stages(ctx)
-        seed_everything(cfg.seed)
-        record["metrics"] = policy_and_evaluation(ctx, run_dir, rm_info)
+        with preemption_handler():
+            seed_everything(cfg.seed)
+            ctx = base_stage(cfg, tracker, device, dtype)
+            ctx.checkpoint_dir = artifacts_dir / "checkpoints" / run_id
+            rm_info = preparation_stages(ctx)
+            seed_everything(cfg.seed)
+            record["metrics"] = policy_and_evaluation(ctx, run_dir, rm_info)
         record["status"] = "finished"
+        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     except BaseException as exc:
-        record["status"] = "failed"
+        record["status"] = "preempted" if isinstance(exc, Preempted) else "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
+        if ctx is not None and ctx.last_checkpoint:
+            record["checkpoint"] = ctx.last_checkpoint
         raise
     finally:
         record["finished"] = _now()
@@ -212,9 +267,52 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         record["history"] = tracker.history
         tracker.summary(flatten(record["cost"], "cost/"))
         tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
+        if tracker.failed:
+            record["wandb"]["failed"] = tracker.failed
         write_json_atomic(record_path, record)
+        lock.release()
     record["record_path"] = str(record_path)
     return record
+
+
+def _run_lock(run_dir: Path):
+    """Held by the process running the run; the OS releases it when that process dies."""
+    from filelock import FileLock
+
+    return FileLock(str(run_dir / ".run.lock"))
+
+
+def find_interrupted(results_dir: Path, resume_key: str):
+    """(run folder, record, held lock) of an interrupted run with this config, or None.
+
+    Interrupted: its record says running or preempted, and no live process holds its lock.
+    """
+    from filelock import Timeout
+
+    for path in sorted((results_dir / "runs").glob("*/record.json"), reverse=True):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("resume_key") != resume_key or record.get("status") not in ("running", "preempted"):
+            continue
+        lock = _run_lock(path.parent)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # still running elsewhere
+            continue
+        return path.parent, record, lock
+    return None
+
+
+def task_key(task, cfg: Config) -> dict[str, Any]:
+    """What identifies a task's data in the stage hashes: its config, and for user data the
+    content itself (an edited file invalidates the cached stages built from it)."""
+    key = to_plain(cfg.task)
+    key["chat_template"] = cfg.model.chat_template  # it changes every prompt the stages see
+    if hasattr(task, "fingerprint"):
+        key["data"] = task.fingerprint()
+    return key
 
 
 def base_stage(cfg: Config, tracker, device, dtype):
@@ -228,8 +326,10 @@ def base_stage(cfg: Config, tracker, device, dtype):
     base = None
     if cfg.model.name_or_path is None:
 
-        def build_base(out: Path) -> dict[str, Any]:
-            tokenizer = models.train_tokenizer(task.sft_texts, cfg.model.tiny.vocab_size)
+        def build_base(out: Path, _checkpoints: Path) -> dict[str, Any]:
+            tokenizer = models.train_tokenizer(
+                getattr(task, "tokenizer_texts", task.sft_texts), cfg.model.tiny.vocab_size
+            )
             model = models.build_tiny_model(cfg.model.tiny, tokenizer, cfg.model.init_seed)
             models.save_pretrained(model, tokenizer, out)
             return {
@@ -237,8 +337,10 @@ def base_stage(cfg: Config, tracker, device, dtype):
                 "vocab_size": len(tokenizer),
             }
 
-        key = {"model": to_plain(cfg.model), "task": to_plain(cfg.task)}
-        base = cached_stage(Path(cfg.paths.artifacts_dir), "base", key, build_base)
+        # LoRA and activation checkpointing change how the method trains, not the base model
+        model_key = {k: v for k, v in to_plain(cfg.model).items() if k not in ("lora", "gradient_checkpointing")}
+        key = {"model": model_key, "task": task_key(task, cfg)}
+        base = cached_stage(Path(cfg.paths.artifacts_dir), "base", key, build_base, cfg.checkpoint.verify_artifacts)
         base_path, base_key = str(base.path), base.hash
     else:
         base_path = cfg.model.name_or_path
@@ -267,11 +369,18 @@ def preparation_stages(ctx) -> dict[str, Any]:
     from rlhf_bench.rewards.preferences import sample_preferences
 
     cfg, artifacts_dir = ctx.cfg, Path(ctx.cfg.paths.artifacts_dir)
-    task_key = to_plain(cfg.task)
+    verify = cfg.checkpoint.verify_artifacts
+    data_key = task_key(ctx.task, cfg)
     with ctx.cost.timed("sft"):
         if cfg.sft.steps > 0:
-            key = {"base": ctx.stage_keys["base"], "task": task_key, "sft": to_plain(cfg.sft)}
-            sft = cached_stage(artifacts_dir, "sft", key, lambda out: train_sft(ctx, cfg.sft, ctx.base_path, out))
+            key = {"base": ctx.stage_keys["base"], "task": data_key, "sft": to_plain(cfg.sft)}
+            sft = cached_stage(
+                artifacts_dir,
+                "sft",
+                key,
+                lambda out, ckpt: train_sft(ctx, cfg.sft, ctx.base_path, out, ckpt),
+                verify,
+            )
             ctx.sft_path, ctx.stage_keys["sft"] = str(sft.path), sft.hash
             ctx.artifacts["sft"] = _artifact(sft)
         else:  # the base model is the SFT policy (e.g. an instruction-tuned hub model)
@@ -279,14 +388,15 @@ def preparation_stages(ctx) -> dict[str, Any]:
     with ctx.cost.timed("preferences"):
         key = {
             "sft": ctx.stage_keys["sft"],
-            "task": task_key,
+            "task": data_key,
             "preferences": to_plain(cfg.preferences),
         }
         prefs = cached_stage(
             artifacts_dir,
             "preferences",
             key,
-            lambda out: sample_preferences(ctx, cfg.preferences, out),
+            lambda out, _ckpt: sample_preferences(ctx, cfg.preferences, out),
+            verify,
         )
         ctx.artifacts["preferences"] = _artifact(prefs)
         ctx.preferences_path = str(prefs.path)
@@ -301,7 +411,8 @@ def preparation_stages(ctx) -> dict[str, Any]:
             artifacts_dir,
             "reward_model",
             key,
-            lambda out: train_rm(ctx, cfg.reward_model, prefs.path, out),
+            lambda out, ckpt: train_rm(ctx, cfg.reward_model, prefs.path, out, ckpt),
+            verify,
         )
         ctx.reward_model_path = str(rm.path)
         ctx.artifacts["reward_model"] = _artifact(rm)

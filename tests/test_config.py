@@ -18,9 +18,17 @@ def _options():
             yield f"{group}={yaml.stem}"
 
 
+# Options that cannot run without the user's own data or code say so; give them some.
+REQUIRED = {
+    "task=jsonl": ["task.prompts=prompts.jsonl", "task.gold_reward=examples.reward:politeness"],
+    "task=hf_dataset": ["task.dataset=some/dataset", "task.prompts=train", "task.gold_reward=pkg.mod:fn"],
+    "reward_model=function": ["reward_model.target=examples.reward:politeness"],
+}
+
+
 @pytest.mark.parametrize("override", list(_options()))
 def test_every_group_option_composes_to_typed_config(override):
-    cfg = load_config([override])
+    cfg = load_config([override, *REQUIRED.get(override, [])])
     assert isinstance(cfg, Config)
     group, option = override.split("=")
     if group == "experiment":  # an experiment overrides other groups, it is not a key itself

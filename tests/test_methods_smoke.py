@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from rlhf_bench import pipeline
 from rlhf_bench.cli import load_config
-from rlhf_bench.rewards.preferences import read_jsonl
+from rlhf_bench.tasks.data import read_jsonl
 
 FAST = {
     "sft": [],

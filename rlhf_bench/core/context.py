@@ -8,12 +8,14 @@ for a hub model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhf_bench.config import Config
+from rlhf_bench.config import Config, ConfigError
 from rlhf_bench.core import models
+from rlhf_bench.core.checkpoint import Checkpointer
 from rlhf_bench.core.device import autocast
 from rlhf_bench.core.rollout import generate, pad
 from rlhf_bench.core.train import Cost
@@ -35,6 +37,20 @@ class RunContext:
     reward_model_path: str | None = None
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_keys: dict[str, str] = field(default_factory=dict)  # content hash of each stage's output
+    checkpoint_dir: Path | None = None  # the run's own checkpoints (the method's training loop)
+    last_checkpoint: str | None = None  # the newest checkpoint written, named in a failed run's record
+    # The LoRA policy load_policy() returned last: load_reference() runs it with its adapters off.
+    lora_policy: torch.nn.Module | None = field(default=None, repr=False)
+    # Chat-formatted prompt ids -> the prompt as given, so that rewards can read it without the template.
+    prompt_text: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cfg.model.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "model.chat_template",
+                f"is true but the tokenizer of {self.base_path} has no chat template; set model.chat_template=false "
+                "or use a model whose tokenizer has one",
+            )
 
     def autocast(self):
         return autocast(self.device, self.dtype)
@@ -44,24 +60,55 @@ class RunContext:
         return self.task.max_response_tokens
 
     # --- models -------------------------------------------------------------------------
-    def load_policy(self, path: str | None = None) -> torch.nn.Module:
-        """A causal LM from ``path`` (default: the SFT checkpoint), on the run's device."""
+    def load_policy(self, path: str | None = None, *, lora: bool = True) -> torch.nn.Module:
+        """A causal LM to train from ``path`` (default: the SFT checkpoint), on the run's device.
+
+        ``model.gradient_checkpointing`` switches on activation checkpointing. With
+        ``model.lora.enabled`` the SFT policy (``path`` None, ``lora`` True) comes wrapped in LoRA
+        adapters and is kept as ``lora_policy``: ``load_reference()``, which methods call after
+        this, runs that same object with its adapters off rather than load a second copy. A
+        model loaded by path (the SFT stage starts from the base model) stays whole: SFT is full
+        fine-tuning. Sampling-only callers may pass ``lora=False``; they get the same function
+        either way (B = 0 at the start).
+        """
         m = self.cfg.model
-        return models.load_causal_lm(path or self.sft_path, self.tokenizer, trust_remote_code=m.trust_remote_code).to(
-            self.device
-        )
+        model = self._load_causal_lm(path or self.sft_path)
+        if m.gradient_checkpointing:
+            models.enable_gradient_checkpointing(model)
+        if lora and path is None and m.lora.enabled:
+            model = models.add_lora(model, m.lora, m.init_seed)
+            self.lora_policy = model
+        return model.to(self.device)
 
     def load_reference(self) -> torch.nn.Module:
-        """The frozen SFT policy that KL is measured against."""
-        ref = self.load_policy().eval()
+        """The frozen SFT policy that KL is measured against.
+
+        In a LoRA run, the base weights of ``lora_policy`` with its adapters off: one copy of the
+        model, and exactly the SFT model, since training moves only the adapters. Where no LoRA
+        policy was loaded (best-of-n trains none), the SFT checkpoint loaded whole.
+        """
+        if self.lora_policy is not None:
+            return models.AdaptersDisabled(self.lora_policy)
+        ref = self._load_causal_lm(self.sft_path).to(self.device).eval()
         ref.requires_grad_(False)
         return ref
+
+    def _load_causal_lm(self, path: str) -> torch.nn.Module:
+        m = self.cfg.model
+        revision = m.revision if path == m.name_or_path else None  # a hub model as the SFT policy (sft.steps=0)
+        return models.load_causal_lm(path, self.tokenizer, revision=revision, trust_remote_code=m.trust_remote_code)
 
     def load_reward(self):
         """The reward the method optimises (a reward model, an ensemble, or the gold reward)."""
         from rlhf_bench.rewards.reward import load_reward
 
         return load_reward(self, self.reward_model_path)
+
+    def checkpointer(self, stage: str, folder: Path | None = None) -> Checkpointer:
+        """Checkpoints of the loop ``stage`` in ``folder`` (default: the run's checkpoint folder)."""
+        if folder is None and self.checkpoint_dir is not None:
+            folder = self.checkpoint_dir / stage
+        return Checkpointer(folder, self.cfg.checkpoint, self, stage)
 
     # --- data ---------------------------------------------------------------------------
     def generators(self) -> tuple[torch.Generator, torch.Generator]:
@@ -75,7 +122,40 @@ class RunContext:
         return [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=generator)]
 
     def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts`` as they are (responses, demonstrations); prompts go through ``encode_prompts``."""
         return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def format_prompts(self, prompts: list[str]) -> list[str]:
+        """Prompts as the model expects them: a user turn of the tokenizer's chat template
+        followed by the assistant's header (``model.chat_template``), or unchanged."""
+        if not self.cfg.model.chat_template:
+            return list(prompts)
+        return [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts
+        ]
+
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of prompts, formatted by ``format_prompts``. The template's own special
+        tokens (BOS ...) are in its text, hence no ``add_special_tokens``."""
+        ids = self.encode(self.format_prompts(prompts))
+        if self.cfg.model.chat_template:
+            self.prompt_text.update((tuple(row), p) for row, p in zip(ids, prompts))
+        return ids
+
+    def prompt_texts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
+        """[B, P] left-padded prompts -> their text; with a chat template, the prompts as they
+        were given to ``encode_prompts`` (the template left out), for rewards that read text."""
+        texts = self.decode(prompt_ids, prompt_mask)
+        if not self.cfg.model.chat_template:
+            return texts
+        rows = [
+            tuple(t for t, m in zip(row.tolist(), mrow.tolist()) if m)
+            for row, mrow in zip(prompt_ids.cpu(), prompt_mask.cpu())
+        ]
+        return [self.prompt_text.get(row, text) for row, text in zip(rows, texts)]
 
     def pad_prompts(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return pad(prompt_ids, self.tokenizer.pad_token_id, "left", self.device)

@@ -7,12 +7,13 @@ saved with ``save_pretrained``; from there on it is loaded exactly as ``gpt2`` w
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from rlhf_bench.config import TinyModelConfig
+from rlhf_bench.config import ConfigError, LoRAConfig, TinyModelConfig
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 
@@ -125,6 +126,98 @@ def load_scalar_model(path: str, tokenizer, per_token: bool, trust_remote_code: 
     cls = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
     model = cls.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
     return _finish(model, tokenizer)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass instead of storing them.
+
+    Non-reentrant checkpointing: exact gradients (the recomputed forward is the same
+    computation), and it works when only adapters require grad. Active in training mode only;
+    generation (no grad) keeps its KV cache.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def add_lora(model: torch.nn.Module, cfg: LoRAConfig, seed: int) -> torch.nn.Module:
+    """``model`` wrapped in LoRA adapters (a peft ``PeftModel``); only the adapters require grad.
+
+    A is initialised from its own seeded generator, so the result does not depend on (or move)
+    the global random state. B starts at 0: the wrapped model computes exactly what ``model``
+    does until the first update. ``save_pretrained`` on the result writes the adapters only
+    (``adapter_config.json`` naming the base folder); ``AutoModelForCausalLM.from_pretrained``
+    of that folder loads base + adapters when peft is installed.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules) if cfg.target_modules is not None else None,
+        task_type="CAUSAL_LM",
+    )
+    base_path = Path(getattr(model, "name_or_path", "") or "")
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed)
+        # GPT-2's Conv1D stores weights transposed; peft notices and sets fan_in_fan_out itself.
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        try:
+            peft_model = get_peft_model(model, config)
+        except ValueError as exc:  # no default target modules for this architecture, or a name not found
+            raise ConfigError("model.lora.target_modules", f"does not fit {type(model).__name__}: {exc}") from None
+    if base_path.is_dir():  # an absolute base path in adapter_config.json: the adapter folder loads from anywhere
+        peft_model.peft_config["default"].base_model_name_or_path = str(base_path.resolve())
+    return peft_model
+
+
+class AdaptersDisabled(torch.nn.Module):
+    """The base model of a LoRA policy as a module of its own: every call runs with the adapters off.
+
+    The reference of a LoRA run without a second copy of the weights. The policy is held
+    outside the module tree, so that ``eval()``, ``requires_grad_()`` or ``to()`` on the
+    reference never reach the policy (its training mode, its trainable adapters);
+    ``parameters()`` lists the shared base weights. Calls run under ``no_grad``, like a frozen
+    model; other attributes (``config``, ``device``) are the policy's.
+    """
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "policy", policy)  # not a submodule: see above
+        self.eval()
+
+    def forward(self, *args, cache=None, **kwargs):
+        from rlhf_bench.core.rollout import _cache_argument
+
+        if cache is not None:  # under the base model's own name for the KV-cache argument
+            kwargs[_cache_argument(type(self.policy.get_base_model()))] = cache
+        with torch.no_grad(), self.policy.disable_adapter():
+            return self.policy(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """``generate`` of the base model (lm-eval's generation tasks call it)."""
+        with torch.no_grad(), self.policy.disable_adapter():
+            return self.policy.generate(*args, **kwargs)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """The policy's base weights (adapter weights left out), under the policy's names for them."""
+        base = self.policy.get_base_model()
+        for name, param in base.named_parameters(prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate):
+            if "lora_" not in name:
+                yield name, param
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            policy = self.__dict__.get("policy")
+            if policy is None:
+                raise
+            return getattr(policy, name)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

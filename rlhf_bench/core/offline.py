@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 from rlhf_bench.config import require
 from rlhf_bench.core.ops import masked_sum
 from rlhf_bench.core.rollout import response_logprobs
-from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step, warmup_linear_schedule
+from rlhf_bench.core.train import (
+    check_finite,
+    epoch_batches,
+    make_optimizer,
+    optimizer_step,
+    warmup_linear_schedule,
+)
 
 
 @dataclass
@@ -93,36 +99,35 @@ def train_on_pairs(
     pairs, _ = load_pairs(ctx, ctx.preferences_path)
     policy = ctx.load_policy().train()
     ref = ctx.load_reference() if reference else None
-    total = cfg.epochs * -(-len(pairs) // cfg.batch_size)
+    schedule = epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(ctx.cfg.seed))
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
-    scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, total)
-    generator = torch.Generator().manual_seed(ctx.cfg.seed)
-    step = 0
-    with tqdm(total=total, desc=name, unit="step", dynamic_ncols=True) as progress:
-        for _ in range(cfg.epochs):
-            for idx in batches(len(pairs), cfg.batch_size, generator):
-                chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, mismatched)
-                logps = PairLogps(chosen, rejected, mismatched=other)
-                if ref is not None:
-                    with torch.no_grad():
-                        logps.ref_chosen, logps.ref_rejected, logps.ref_mismatched, _ = _logps(
-                            ctx, ref, pairs, idx, cfg.average_logprobs, mismatched
-                        )
-                loss, stats = loss_fn(logps)
-                check_finite(loss, f"{name}/loss", step)
-                grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
-                ctx.cost.tokens_trained += tokens
-                if step % 10 == 0 or step == total - 1:
-                    ctx.tracker.log(
-                        name,
-                        {
-                            "train/step": step,
-                            "train/loss": loss.item(),
-                            "train/grad_norm": grad_norm,
-                            "train/lr": scheduler.get_last_lr()[0],
-                            **stats,
-                        },
-                    )
-                step += 1
-                progress.update()
+    scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
+    ckpt = ctx.checkpointer(name)
+    start = ckpt.restore({"policy": policy}, optimizer, scheduler).get("step", 0)
+    for step in tqdm(range(start, len(schedule)), desc=name, unit="step", dynamic_ncols=True, initial=start):
+        idx = schedule[step][1]
+        chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, mismatched)
+        logps = PairLogps(chosen, rejected, mismatched=other)
+        if ref is not None:
+            with torch.no_grad():
+                logps.ref_chosen, logps.ref_rejected, logps.ref_mismatched, _ = _logps(
+                    ctx, ref, pairs, idx, cfg.average_logprobs, mismatched
+                )
+        loss, stats = loss_fn(logps)
+        check_finite(loss, f"{name}/loss", step)
+        grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
+        ctx.cost.tokens_trained += tokens
+        if step % 10 == 0 or step == len(schedule) - 1:
+            ctx.tracker.log(
+                name,
+                {
+                    "train/step": step,
+                    "train/loss": loss.item(),
+                    "train/grad_norm": grad_norm,
+                    "train/lr": scheduler.get_last_lr()[0],
+                    **stats,
+                },
+            )
+        ckpt.step_done(step + 1, force=step + 1 == len(schedule))
+    ckpt.close()
     return policy

@@ -94,7 +94,9 @@ def generate(
     row's first EOS are set to ``pad_token_id`` and masked out. ``banned_token_ids`` (pad,
     bos, unk) are never sampled.
     """
-    cache_arg = _cache_argument(type(model))
+    # a peft model forwards **kwargs to the model it wraps: ask that model for the argument's name
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = _cache_argument(type(inner))
     batch = prompt_ids.shape[0]
     device = prompt_ids.device
     attention_mask = prompt_mask.clone()

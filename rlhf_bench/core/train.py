@@ -68,6 +68,15 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, s
         yield order[start : start + batch_size]
 
 
+def epoch_batches(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[tuple[int, torch.Tensor]]:
+    """The whole data order of an epoch-based loop, drawn up front: [(epoch, index tensor)] per step.
+
+    Drawing it before the first step makes the data position a step number: a loop resumed
+    at step k takes ``schedule[k:]`` and sees exactly the batches the uninterrupted loop would.
+    """
+    return [(epoch, idx) for epoch in range(epochs) for idx in batches(n, batch_size, generator)]
+
+
 @dataclass
 class Cost:
     """What a run spent, so that methods can be compared at equal budget."""

@@ -59,7 +59,7 @@ def _samples(
         leave=False,
     ):
         chunk = [prompts[i] for i in idx.tolist()]
-        ids, mask = ctx.pad_prompts(ctx.encode(chunk))
+        ids, mask = ctx.pad_prompts(ctx.encode_prompts(chunk))
         if is_lm:
             response_ids, response_mask = ctx.sample(model, ids, mask, cfg.temperature, generator)
         else:

@@ -62,7 +62,8 @@ def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
 
     ppl = jsonl("rb_perplexity", [{"text": t} for t in task.heldout_texts])
     gen = jsonl("rb_gold", [{"prompt": p, "task": task_spec} for p in task.eval_prompts])
-    probe = jsonl("rb_probe", task.probe_items())
+    probe_items = task.probe_items()
+    probe = jsonl("rb_probe", probe_items)
     eos = ctx.tokenizer.eos_token
     (folder / "rb_perplexity.yaml").write_text(
         _yaml(
@@ -86,16 +87,17 @@ def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
             ),
         )
     )
-    (folder / "rb_probe.yaml").write_text(
-        _yaml(
-            "rb_probe",
-            probe,
-            (
-                'output_type: multiple_choice\ndoc_to_text: "{{query}}"\ndoc_to_choice: "{{choices}}"\n'
-                'doc_to_target: "{{gold}}"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n'
-            ),
+    if probe_items:  # a user task without preference pairs has nothing to probe
+        (folder / "rb_probe.yaml").write_text(
+            _yaml(
+                "rb_probe",
+                probe,
+                (
+                    'output_type: multiple_choice\ndoc_to_text: "{{query}}"\ndoc_to_choice: "{{choices}}"\n'
+                    'doc_to_target: "{{gold}}"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n'
+                ),
+            )
         )
-    )
     (folder / "rb_metric.py").write_text(
         "from rlhf_bench.evaluation.lm_eval_suite import gold_process_results as process_results  # noqa: F401\n"
     )
@@ -123,7 +125,9 @@ def evaluate(ctx, model, cfg: LmEvalConfig, folder: Path) -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    standard = [t for t in cfg.tasks if t not in SUITE]
+    # our tasks the suite could write for this task (a user task without pairs has no probe)
+    tasks = [t for t in cfg.tasks if t not in SUITE or (folder / f"{t}.yaml").is_file()]
+    standard = [t for t in tasks if t not in SUITE]
     if not standard:  # our suite is local files only: never let `datasets` reach for the hub
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,7 +135,7 @@ def evaluate(ctx, model, cfg: LmEvalConfig, folder: Path) -> dict[str, Any]:
     was_training = model.training
     lm = HFLM(pretrained=model, tokenizer=ctx.tokenizer, batch_size=cfg.batch_size, device=str(ctx.device))
     out = simple_evaluate(
-        model=lm, tasks=list(cfg.tasks), task_manager=manager, limit=cfg.limit, log_samples=False, bootstrap_iters=100
+        model=lm, tasks=tasks, task_manager=manager, limit=cfg.limit, log_samples=False, bootstrap_iters=100
     )
     model.train(was_training)  # HFLM puts the model in eval mode
     results: dict[str, Any] = {}

@@ -53,7 +53,7 @@ def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature:
         scores = ctx.score(reward, *batch)
         ids, mask = select_best(scores, batch[2], batch[3], k)
         kept_scores.append(scores.view(-1, k).max(-1).values.cpu())
-        kept_prompts += ctx.encode(part)
+        kept_prompts += ctx.encode_prompts(part)
         kept_responses += [row[: int(m.sum())].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
     return kept_prompts, kept_responses, torch.cat(kept_scores)
 
@@ -63,8 +63,12 @@ def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
     reward = ctx.load_reward()
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
     prompt_gen, sample_gen = ctx.generators()
-    pad_id, step = ctx.tokenizer.pad_token_id, 0
-    for round_ in trange(cfg.rounds, desc="expert iteration", unit="round", dynamic_ncols=True):
+    ckpt = ctx.checkpointer("expert_iteration")
+    saved = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen})
+    pad_id, start, step = ctx.tokenizer.pad_token_id, saved.get("step", 0), saved.get("optimizer_steps", 0)
+    for round_ in trange(
+        start, cfg.rounds, desc="expert iteration", unit="round", dynamic_ncols=True, initial=start, total=cfg.rounds
+    ):
         prompts = ctx.sample_prompts(cfg.prompts_per_round, prompt_gen)
         kept_p, kept_r, scores = best_responses(ctx, policy, reward, prompts, cfg.k, cfg.temperature, sample_gen)
         for _ in range(cfg.steps_per_round):
@@ -88,4 +92,6 @@ def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
                 "objective/best_score": float(scores.mean()),
             },
         )
+        ckpt.step_done(round_ + 1, force=round_ + 1 == cfg.rounds, optimizer_steps=step)
+    ckpt.close()
     return policy

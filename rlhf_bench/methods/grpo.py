@@ -112,7 +112,11 @@ def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
     ref, reward = ctx.load_reference(), ctx.load_reward()
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
     prompt_gen, sample_gen = ctx.generators()
-    for step in trange(cfg.steps, desc="GRPO", unit="step", dynamic_ncols=True):
+    ckpt = ctx.checkpointer("grpo")
+    start = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}).get(
+        "step", 0
+    )
+    for step in trange(start, cfg.steps, desc="GRPO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
         prompts = ctx.sample_prompts(cfg.prompts_per_step, prompt_gen)
         texts, batch = sample_groups(ctx, policy, prompts, cfg.group_size, cfg.temperature, sample_gen)
         mask = batch[3].float()
@@ -154,4 +158,6 @@ def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
                 "policy/entropy": float(masked_mean(entropy, mask)),
             },
         )
+        ckpt.step_done(step + 1, force=step + 1 == cfg.steps)
+    ckpt.close()
     return policy

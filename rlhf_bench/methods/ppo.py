@@ -134,7 +134,7 @@ def rollout(
     generator,
 ) -> Rollout:
     """Sample, score and compute advantages for one batch of prompts."""
-    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode(prompts))
+    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(prompts))
     response_ids, mask = ctx.sample(policy, prompt_ids, prompt_mask, cfg.temperature, generator)
     batch = (prompt_ids, prompt_mask, response_ids, mask)
     with ctx.autocast():
@@ -211,7 +211,13 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
         else FixedKLController(cfg.kl_coef)
     )
     prompt_gen, sample_gen = ctx.generators()
-    for step in trange(cfg.steps, desc="PPO", unit="step", dynamic_ncols=True):
+    ckpt = ctx.checkpointer("ppo")
+    saved = ckpt.restore(
+        {"policy": policy, "value": value}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}
+    )
+    kl_ctl.value = saved.get("kl_coef", kl_ctl.value)
+    start = saved.get("step", 0)
+    for step in trange(start, cfg.steps, desc="PPO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
         prompts = ctx.sample_prompts(cfg.batch_size, prompt_gen)
         data = rollout(ctx, cfg, policy, ref, reward, value, prompts, kl_ctl.value, sample_gen)
         x = data.extras
@@ -233,4 +239,6 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
             },
         )
         kl_ctl.update(mean_kl, cfg.batch_size)
+        ckpt.step_done(step + 1, force=step + 1 == cfg.steps, kl_coef=kl_ctl.value)
+    ckpt.close()
     return policy

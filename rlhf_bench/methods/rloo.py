@@ -70,7 +70,7 @@ def rloo_loss(sequence_logprobs: torch.Tensor, advantages: torch.Tensor) -> torc
 def sample_groups(ctx, policy, prompts: list[str], k: int, temperature: float, generator):
     """k responses for each prompt, consecutive: (prompt_ids, prompt_mask, response_ids, response_mask), each B*k rows."""
     repeated = [p for p in prompts for _ in range(k)]
-    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode(repeated))
+    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(repeated))
     response_ids, response_mask = ctx.sample(policy, prompt_ids, prompt_mask, temperature, generator)
     return repeated, (prompt_ids, prompt_mask, response_ids, response_mask)
 
@@ -80,7 +80,11 @@ def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
     ref, reward = ctx.load_reference(), ctx.load_reward()
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
     prompt_gen, sample_gen = ctx.generators()
-    for step in trange(cfg.steps, desc="RLOO", unit="step", dynamic_ncols=True):
+    ckpt = ctx.checkpointer("rloo")
+    start = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}).get(
+        "step", 0
+    )
+    for step in trange(start, cfg.steps, desc="RLOO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
         prompts = ctx.sample_prompts(cfg.prompts_per_step, prompt_gen)
         texts, batch = sample_groups(ctx, policy, prompts, cfg.k, cfg.temperature, sample_gen)
         mask = batch[3].float()
@@ -112,4 +116,6 @@ def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
                 "policy/entropy": float(masked_mean(entropy, mask)),
             },
         )
+        ckpt.step_done(step + 1, force=step + 1 == cfg.steps)
+    ckpt.close()
     return policy

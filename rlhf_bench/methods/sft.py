@@ -23,28 +23,58 @@ from rlhf_bench.core.train import (
     optimizer_step,
     warmup_linear_schedule,
 )
+from rlhf_bench.tasks.data import DataError
 
 
-def tokenize_demonstrations(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
-    """Each text followed by EOS, truncated to ``max_length`` tokens."""
+def tokenize_demonstrations(texts: list[str], tokenizer, max_length: int) -> list[tuple[list[int], int]]:
+    """Each text followed by EOS, truncated to ``max_length`` tokens: (ids, 0 prompt tokens)."""
     eos = tokenizer.eos_token_id
-    return [(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_length] for t in texts]
+    return [((tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:max_length], 0) for t in texts]
 
 
-def train_sft(ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path) -> dict[str, float]:
-    """Fine-tune the model at ``base_path`` on ``ctx.task.sft_texts``; save it to ``out_dir``."""
+def tokenize_examples(examples: list[tuple[str, str]], tokenizer, max_length: int) -> list[tuple[list[int], int]]:
+    """(prompt, completion) pairs -> (prompt ids + completion ids + EOS, number of prompt tokens),
+    truncated to ``max_length``; the loss is on the completion only (the prompt is given)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for prompt, completion in examples:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+        out.append(((p + c)[:max_length], len(p)))
+    return out
+
+
+def train_sft(
+    ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path, checkpoints: Path | None = None
+) -> dict[str, float]:
+    """Fine-tune the model at ``base_path`` on ``ctx.task.sft_texts``; save it to ``out_dir``
+    (resuming from the last checkpoint in ``checkpoints`` if there is one)."""
     tokenizer = ctx.tokenizer
     model = ctx.load_policy(base_path).train()
     max_length = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-    data = tokenize_demonstrations(ctx.task.sft_texts, tokenizer, max_length)
+    examples = getattr(ctx.task, "sft_examples", None)
+    if examples is not None and not examples:
+        raise DataError("the task has no SFT data: set task.sft to a demonstrations file, or sft.steps=0")
+    if examples:  # prompts as the policy will see them (model.chat_template)
+        examples = list(zip(ctx.format_prompts([p for p, _ in examples]), [c for _, c in examples]))
+    data = (
+        tokenize_examples(examples, tokenizer, max_length)
+        if examples
+        else tokenize_demonstrations(ctx.task.sft_texts, tokenizer, max_length)
+    )
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, cfg.steps, final_fraction=0.1)
     generator = torch.Generator().manual_seed(cfg.seed)
-    tokens, loss_value = 0, float("nan")
-    for step in tqdm(range(cfg.steps), desc="SFT", unit="step", dynamic_ncols=True):
+    ckpt = ctx.checkpointer("sft", checkpoints)
+    saved = ckpt.restore({"model": model}, optimizer, scheduler, {"data": generator})
+    start, tokens, loss_value = saved.get("step", 0), saved.get("tokens", 0), saved.get("loss", float("nan"))
+    for step in tqdm(
+        range(start, cfg.steps), desc="SFT", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps
+    ):
         index = torch.randint(len(data), (cfg.batch_size,), generator=generator)
-        ids, mask = pad([data[i] for i in index], tokenizer.pad_token_id, "left", ctx.device)
-        labels = ids.masked_fill(mask == 0, -100)
+        batch = [data[i] for i in index]
+        ids, mask = pad([seq for seq, _ in batch], tokenizer.pad_token_id, "left", ctx.device)
+        labels, _ = pad([[-100] * n + seq[n:] for seq, n in batch], -100, "left", ctx.device)
         with ctx.autocast():
             loss = model(
                 input_ids=ids,
@@ -66,6 +96,8 @@ def train_sft(ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path) ->
                     "train/sft_lr": scheduler.get_last_lr()[0],
                 },
             )
+        ckpt.step_done(step + 1, tokens=tokens, loss=loss_value)
+    ckpt.close()
     ctx.cost.tokens_trained += tokens
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

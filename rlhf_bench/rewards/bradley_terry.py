@@ -25,7 +25,14 @@ from rlhf_bench.config import require
 from rlhf_bench.core import models
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import sequence_scores
-from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step, warmup_linear_schedule
+from rlhf_bench.core.train import (
+    batches,
+    check_finite,
+    epoch_batches,
+    make_optimizer,
+    optimizer_step,
+    warmup_linear_schedule,
+)
 from rlhf_bench.rewards.preferences import EncodedPairs, load_pairs, pair_batch
 from rlhf_bench.rewards.reward import ModelReward, Normalization, write_spec
 
@@ -93,7 +100,7 @@ def pair_accuracy(ctx: RunContext, reward, pairs: EncodedPairs, batch_size: int)
 @torch.no_grad()
 def normalization(ctx: RunContext, model: torch.nn.Module, n: int, seed: int) -> Normalization:
     """Mean and std of the raw score on responses the SFT policy samples for training prompts."""
-    sft = ctx.load_policy().eval()
+    sft = ctx.load_policy(lora=False).eval()
     generator = torch.Generator().manual_seed(seed)
     prompts = [
         ctx.task.train_prompts[int(i)] for i in torch.randint(len(ctx.task.train_prompts), (n,), generator=generator)
@@ -101,7 +108,7 @@ def normalization(ctx: RunContext, model: torch.nn.Module, n: int, seed: int) ->
     sample_gen = torch.Generator(device=ctx.device).manual_seed(seed)
     scores = []
     for idx in batches(n, 256, shuffle=False):
-        ids, mask = ctx.pad_prompts(ctx.encode([prompts[i] for i in idx.tolist()]))
+        ids, mask = ctx.pad_prompts(ctx.encode_prompts([prompts[i] for i in idx.tolist()]))
         response = ctx.sample(sft, ids, mask, temperature=1.0, generator=sample_gen)
         with ctx.autocast():
             scores.append(sequence_scores(model, ids, mask, *response).float().cpu())
@@ -121,54 +128,60 @@ def fit_reward_model(
     loss_fn: LossFn,
     seed: int,
     margins: torch.Tensor | None = None,
-    label: str = "reward model",
+    label: str = "reward_model",
+    checkpoints: Path | None = None,
 ) -> dict[str, float]:
     """Fit one scalar-head model from the SFT backbone with ``loss_fn(chosen, rejected, margins)``;
-    save it to ``out_dir``; return its held-out accuracies and normalisation."""
+    save it to ``out_dir``; return its held-out accuracies and normalisation. Checkpoints go to
+    ``checkpoints`` (resumed from if present)."""
     torch.manual_seed(seed)  # the new head's initialisation
     model = models.load_scalar_model(ctx.sft_path, ctx.tokenizer, per_token=False).to(ctx.device)
-    total = cfg.epochs * -(-len(train_pairs) // cfg.batch_size)
+    schedule = epoch_batches(len(train_pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(seed))
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, total)
-    generator = torch.Generator().manual_seed(seed)
+    scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
     margins = margins if margins is not None else torch.zeros(len(train_pairs))
-    step, tokens = 0, 0
-    with tqdm(total=total, desc=label, unit="step", dynamic_ncols=True) as progress:
-        for epoch in range(cfg.epochs):
-            model.train()
-            for idx in batches(len(train_pairs), cfg.batch_size, generator):
-                chosen, rejected = pair_rewards(ctx, model, train_pairs, idx)
-                loss = loss_fn(chosen, rejected, margins[idx].to(chosen.device))
-                check_finite(loss, "reward_model/loss", step)
-                optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
-                tokens += sum(
-                    2 * len(train_pairs.prompts[i]) + len(train_pairs.chosen[i]) + len(train_pairs.rejected[i])
-                    for i in idx.tolist()
-                )
-                if step % 10 == 0:
-                    accuracy = float((chosen > rejected).float().mean())
-                    ctx.tracker.log(
-                        "reward_model",
-                        {"train/rm_step": step, "train/rm_loss": loss.item(), "train/rm_accuracy": accuracy},
-                    )
-                step += 1
-                progress.update()
+    ckpt = ctx.checkpointer(label, checkpoints)
+    saved = ckpt.restore({"model": model}, optimizer, scheduler)
+    start, tokens, held_out = saved.get("step", 0), saved.get("tokens", 0), saved.get("held_out")
+    model.train()
+    for step in tqdm(range(start, len(schedule)), desc=label, unit="step", dynamic_ncols=True, initial=start):
+        epoch, idx = schedule[step]
+        chosen, rejected = pair_rewards(ctx, model, train_pairs, idx)
+        loss = loss_fn(chosen, rejected, margins[idx].to(chosen.device))
+        check_finite(loss, "reward_model/loss", step)
+        optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
+        tokens += sum(
+            2 * len(train_pairs.prompts[i]) + len(train_pairs.chosen[i]) + len(train_pairs.rejected[i])
+            for i in idx.tolist()
+        )
+        if step % 10 == 0:
+            accuracy = float((chosen > rejected).float().mean())
+            ctx.tracker.log(
+                "reward_model",
+                {"train/rm_step": step, "train/rm_loss": loss.item(), "train/rm_accuracy": accuracy},
+            )
+        if step + 1 == len(schedule) or schedule[step + 1][0] != epoch:  # the end of an epoch
             model.eval()
             held_out = pair_accuracy(ctx, ModelReward(model, Normalization()), eval_pairs, 4 * cfg.batch_size)
+            model.train()
             ctx.tracker.log(
                 "reward_model",
                 {
-                    "train/rm_step": step,
+                    "train/rm_step": step + 1,
                     "train/rm_epoch": epoch + 1,
                     "eval/rm_accuracy": held_out["accuracy"],
                     "eval/rm_gold_accuracy": held_out["gold_accuracy"],
                 },
             )
+        # the last step is always kept: an ensemble resumed after this member does not refit it
+        ckpt.step_done(step + 1, force=step + 1 == len(schedule), tokens=tokens, held_out=held_out)
+    ckpt.close()
+    model.eval()
     ctx.cost.tokens_trained += tokens
     norm = normalization(ctx, model, cfg.n_normalization_samples, seed) if cfg.normalize else Normalization()
     model.save_pretrained(out_dir, safe_serialization=True)
     ctx.tokenizer.save_pretrained(out_dir)
-    return {**held_out, "steps": step, "tokens_trained": tokens, "norm_mean": norm.mean, "norm_std": norm.std}
+    return {**held_out, "steps": len(schedule), "tokens_trained": tokens, "norm_mean": norm.mean, "norm_std": norm.std}
 
 
 def check_strength(cfg: BradleyTerryConfig, info: dict[str, float]) -> None:
@@ -185,11 +198,20 @@ def model_spec(info: dict[str, float], path: str = ".") -> dict:
     return {"path": path, "norm_mean": info["norm_mean"], "norm_std": info["norm_std"]}
 
 
-def train(ctx: RunContext, cfg: BradleyTerryConfig, pairs_dir: Path, out_dir: Path) -> dict[str, float]:
+def train(
+    ctx: RunContext, cfg: BradleyTerryConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
+) -> dict[str, float]:
     """Train on ``pairs_dir/train.jsonl``, evaluate on ``eval.jsonl``, save to ``out_dir``."""
     train_pairs, eval_pairs = load_pairs(ctx, pairs_dir)
     info = fit_reward_model(
-        ctx, cfg, train_pairs, eval_pairs, out_dir, lambda c, r, _: bradley_terry_loss(c, r), cfg.seed
+        ctx,
+        cfg,
+        train_pairs,
+        eval_pairs,
+        out_dir,
+        lambda c, r, _: bradley_terry_loss(c, r),
+        cfg.seed,
+        checkpoints=checkpoints,
     )
     write_spec(out_dir, {"kind": "model", "members": [model_spec(info)]})
     check_strength(cfg, info)

@@ -38,7 +38,9 @@ class EnsembleConfig(BradleyTerryConfig):
         require_choice(self.aggregation, AGGREGATIONS, "reward_model.aggregation")
 
 
-def train(ctx: RunContext, cfg: EnsembleConfig, pairs_dir: Path, out_dir: Path) -> dict[str, float]:
+def train(
+    ctx: RunContext, cfg: EnsembleConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
+) -> dict[str, float]:
     train_pairs, eval_pairs = load_pairs(ctx, pairs_dir)
     specs, member_info = [], []
     for k in range(cfg.members):
@@ -51,7 +53,8 @@ def train(ctx: RunContext, cfg: EnsembleConfig, pairs_dir: Path, out_dir: Path) 
             folder,
             lambda c, r, _: bradley_terry_loss(c, r),
             cfg.seed + k,
-            label=f"reward model {k + 1}/{cfg.members}",
+            label=f"reward_model_{k}",
+            checkpoints=checkpoints / folder.name if checkpoints is not None else None,
         )
         specs.append(model_spec(info, folder.name))
         member_info.append(info)

@@ -21,7 +21,7 @@ class GoldConfig:
     batch_size: int = 128
 
 
-def train(ctx: RunContext, cfg: GoldConfig, pairs_dir: Path, out_dir: Path) -> dict[str, float]:
+def train(ctx: RunContext, cfg: GoldConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None) -> dict[str, float]:
     _, eval_pairs = load_pairs(ctx, pairs_dir)
     write_spec(out_dir, {"kind": "gold"})
     return pair_accuracy(ctx, load_reward(ctx, out_dir), eval_pairs, cfg.batch_size)

@@ -42,10 +42,17 @@ def margin_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, ma
     return -F.logsigmoid(chosen_rewards - rejected_rewards - margins).mean()
 
 
-def train(ctx: RunContext, cfg: MarginConfig, pairs_dir: Path, out_dir: Path) -> dict[str, float]:
+def train(
+    ctx: RunContext, cfg: MarginConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
+) -> dict[str, float]:
     train_pairs, eval_pairs = load_pairs(ctx, pairs_dir)
-    margins = torch.tensor(cfg.margins, dtype=torch.float32)[train_pairs.strength]
-    info = fit_reward_model(ctx, cfg, train_pairs, eval_pairs, out_dir, margin_loss, cfg.seed, margins=margins)
+    # margins given with the data win; else the margin of the stated preference strength
+    margins = train_pairs.margin
+    if margins is None:
+        margins = torch.tensor(cfg.margins, dtype=torch.float32)[train_pairs.strength]
+    info = fit_reward_model(
+        ctx, cfg, train_pairs, eval_pairs, out_dir, margin_loss, cfg.seed, margins=margins, checkpoints=checkpoints
+    )
     write_spec(out_dir, {"kind": "model", "members": [model_spec(info)]})
     check_strength(cfg, info)
     return info

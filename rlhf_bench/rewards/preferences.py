@@ -21,21 +21,31 @@ from tqdm.auto import tqdm
 from rlhf_bench.config import PreferenceConfig
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import pad
+from rlhf_bench.tasks.data import read_jsonl
 
 # |gold(a) - gold(b)| above each threshold raises the stated preference strength by one:
 # 0 "negligibly better" .. 3 "significantly better" (the four levels of Llama 2's annotation).
 STRENGTH_THRESHOLDS = (0.25, 0.5, 1.0)
 
 
+def annotator_temperatures(cfg: PreferenceConfig) -> torch.Tensor:
+    """[K] the Bradley-Terry temperature of each simulated annotator of the pool: spread
+    log-uniformly around ``temperature`` by a factor exp(±annotator_spread)."""
+    if cfg.annotators == 1:
+        return torch.tensor([cfg.temperature])
+    return cfg.temperature * torch.exp(cfg.annotator_spread * torch.linspace(-1, 1, cfg.annotators))
+
+
 def simulated_annotator(
     gold_a: torch.Tensor,
     gold_b: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     flip_prob: float,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N] gold rewards of two responses -> ([N] bool, True where the annotator prefers a,
-    [N] long preference strength in 0..3; a flipped label is stated with strength 0)."""
+    [N] long preference strength in 0..3; a flipped label is stated with strength 0).
+    ``temperature`` is one number, or [N]: the temperature of the annotator of each pair."""
     p_a = torch.sigmoid((gold_a - gold_b) / temperature)
     prefers_a = torch.rand(p_a.shape, generator=generator) < p_a
     flip = torch.rand(p_a.shape, generator=generator) < flip_prob
@@ -51,13 +61,17 @@ def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig
     for start in tqdm(range(0, len(prompts), half), desc=desc, unit="batch", dynamic_ncols=True):
         chunk = prompts[start : start + half]
         doubled = chunk + chunk  # two responses per prompt in one generation batch
-        ids, mask = ctx.pad_prompts(ctx.encode(doubled))
+        ids, mask = ctx.pad_prompts(ctx.encode_prompts(doubled))
         response_ids, response_mask = ctx.sample(sft, ids, mask, temperature=1.0, generator=sample_gen)
         texts = ctx.decode(response_ids, response_mask)
         finished = (response_ids == ctx.tokenizer.eos_token_id).any(-1).tolist()
         gold = torch.tensor(ctx.task.gold_reward(doubled, texts))
         n = len(chunk)
-        prefers_a, strength = simulated_annotator(gold[:n], gold[n:], cfg.temperature, cfg.flip_prob, generator)
+        temperatures = annotator_temperatures(cfg)
+        # a pool (AlpacaFarm): each pair is labelled by one annotator drawn at random
+        who = torch.randint(len(temperatures), (n,), generator=generator) if len(temperatures) > 1 else torch.zeros(n)
+        temperature = temperatures[who.long()]
+        prefers_a, strength = simulated_annotator(gold[:n], gold[n:], temperature, cfg.flip_prob, generator)
         for i, prompt in enumerate(chunk):
             a, b = (i, n + i) if prefers_a[i] else (n + i, i)
             pairs.append(
@@ -70,6 +84,7 @@ def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig
                     "chosen_eos": finished[a],
                     "rejected_eos": finished[b],
                     "strength": int(strength[i]),
+                    "annotator": int(who[i]),
                 }
             )
     return pairs
@@ -77,9 +92,11 @@ def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig
 
 def sample_preferences(ctx: RunContext, cfg: PreferenceConfig, out_dir: Path) -> dict[str, float]:
     """Write ``train.jsonl`` (train prompts) and ``eval.jsonl`` (held-out prompts) to ``out_dir``."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sft = ctx.load_policy().eval()
     task = ctx.task
+    if getattr(task, "preference_pairs", None) is not None:
+        return write_user_pairs(ctx, out_dir)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sft = ctx.load_policy(lora=False).eval()
     train_prompts = [
         task.train_prompts[int(i)] for i in torch.randint(len(task.train_prompts), (cfg.n_train,), generator=generator)
     ]
@@ -97,25 +114,27 @@ def sample_preferences(ctx: RunContext, cfg: PreferenceConfig, out_dir: Path) ->
     return info
 
 
+def write_user_pairs(ctx: RunContext, out_dir: Path) -> dict[str, float]:
+    """The user's own pairs as the stage's ``train.jsonl`` / ``eval.jsonl``, each with the gold
+    reward of both responses (to measure how often the labels agree with the gold judge)."""
+    info: dict[str, float] = {}
+    for split, rows in (("train", ctx.task.preference_pairs), ("eval", ctx.task.eval_preference_pairs)):
+        prompts = [r["prompt"] for r in rows]
+        chosen = ctx.task.gold_reward(prompts, [r["chosen"] for r in rows])
+        rejected = ctx.task.gold_reward(prompts, [r["rejected"] for r in rows])
+        pairs = [{**r, "chosen_gold": c, "rejected_gold": j} for r, c, j in zip(rows, chosen, rejected)]
+        write_jsonl(out_dir / f"{split}.jsonl", pairs)
+        decided = [(c, j) for c, j in zip(chosen, rejected) if c != j]
+        info[f"{split}_pairs"] = len(pairs)
+        info[f"{split}_label_gold_agreement"] = sum(c > j for c, j in decided) / max(1, len(decided))
+    return info
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a malformed line is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    return rows
 
 
 @dataclass
@@ -125,6 +144,7 @@ class EncodedPairs:
     rejected: list[list[int]]
     gold_order: torch.Tensor  # [N] 1 where gold(chosen) > gold(rejected), 0 where <, 0.5 on ties
     strength: torch.Tensor  # [N] the annotator's stated preference strength (0 if not given)
+    margin: torch.Tensor | None = None  # [N] margins given with user data ("margin" field), if any
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -143,11 +163,14 @@ def encode_pairs(ctx: RunContext, rows: list[dict]) -> EncodedPairs:
         for r in rows
     ]
     return EncodedPairs(
-        prompts=ctx.encode([r["prompt"] for r in rows]),
+        prompts=ctx.encode_prompts([r["prompt"] for r in rows]),
         chosen=[response(r["chosen"], r.get("chosen_eos", True)) for r in rows],
         rejected=[response(r["rejected"], r.get("rejected_eos", True)) for r in rows],
         gold_order=torch.tensor(gold, dtype=torch.float32),
         strength=torch.tensor([int(r.get("strength", 0)) for r in rows], dtype=torch.long),
+        margin=(
+            torch.tensor([float(r.get("margin", 0.0)) for r in rows]) if any("margin" in r for r in rows) else None
+        ),
     )
 
 

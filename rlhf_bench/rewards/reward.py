@@ -1,4 +1,5 @@
-"""The reward a method optimises: a trained reward model, an ensemble of them, or the gold reward.
+"""The reward a method optimises: a trained reward model, an ensemble of them, a pretrained
+classifier (``rewards/pretrained.py``), or the gold reward.
 
 Each reward-model stage writes ``reward.json`` beside its checkpoints, saying how to load it;
 ``load_reward`` turns that folder into a callable
@@ -76,7 +77,7 @@ class GoldReward:
     """The task's own gold reward as the training signal: an oracle with no reward-model error."""
 
     def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-        prompts = ctx.decode(prompt_ids, prompt_mask)
+        prompts = ctx.prompt_texts(prompt_ids, prompt_mask)
         return ctx.gold(prompts, response_ids, response_mask).to(response_ids.device)
 
 
@@ -91,6 +92,14 @@ def load_reward(ctx, folder: str | Path):
     kind = spec["kind"]
     if kind == "gold":
         return GoldReward()
+    if kind == "pretrained":  # an external classifier with its own tokenizer
+        from rlhf_bench.rewards.pretrained import load_pretrained_reward
+
+        return load_pretrained_reward(ctx, spec)
+    if kind == "function":
+        from rlhf_bench.rewards.function import FunctionReward
+
+        return FunctionReward(spec["target"])
     members = [
         _load_member(ctx, folder / m["path"], Normalization(m["norm_mean"], m["norm_std"])) for m in spec["members"]
     ]

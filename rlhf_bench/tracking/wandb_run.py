@@ -26,6 +26,7 @@ class Tracker:
         self.history: dict[str, list[dict[str, float]]] = {}
         self._step = 0
         self._run = None
+        self.failed: str | None = None  # why W&B stopped mid-run, if it did
         self.run_id = None
         self.dir: Path | None = None
         if self.mode == "disabled":
@@ -53,7 +54,10 @@ class Tracker:
             console.print(f"[yellow]W&B online init failed ({exc}); logging offline instead.[/yellow]")
             self.mode = "offline"
             os.environ["WANDB_MODE"] = "offline"
-            self._run = wandb.init(mode="offline", **init)
+            # The failed online run may still hold its id in W&B's service process: start a
+            # fresh service, and give the offline run an id of its own (the record names it).
+            wandb.teardown()
+            self._run = wandb.init(mode="offline", **{**init, "id": f"{run_id}-offline"})
         self.run_id = self._run.id
         self.dir = Path(self._run.dir).parent  # .../wandb/offline-run-<date>-<id>
 
@@ -75,14 +79,26 @@ class Tracker:
         self.history.setdefault(stage, []).append(row)
         self._step += 1
         if self._run is not None:
-            self._run.log(row, step=self._step)
+            self._guard(lambda: self._run.log(row, step=self._step))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self._run is not None:
-            for key, value in metrics.items():
-                self._run.summary[key] = value
+            self._guard(lambda: self._run.summary.update(metrics))
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:
-            self._run.finish(exit_code=exit_code)
+            self._guard(lambda: self._run.finish(exit_code=exit_code))
+            self._run = None
+
+    def _guard(self, call) -> None:
+        """W&B failing mid-run must not stop training: say so once and go on; the run record
+        keeps every metric (``history``), so nothing is lost."""
+        try:
+            call()
+        except Exception as exc:
+            console.print(
+                f"[yellow]W&B failed ({type(exc).__name__}: {exc}); the run goes on without it, "
+                "every metric is kept in the run record.[/yellow]"
+            )
+            self.failed = f"{type(exc).__name__}: {exc}"
             self._run = None

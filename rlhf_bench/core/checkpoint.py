@@ -1,0 +1,285 @@
+"""Periodic checkpoints of a training loop, resume from the last one, and preemption.
+
+A loop registers what it trains and the state it needs to continue, then reports each
+finished step::
+
+    ckpt = Checkpointer(folder, cfg.checkpoint, ctx, "ppo")
+    saved = ckpt.restore(modules={"policy": policy, "value": value}, optimizer=optimizer,
+                         generators={"prompt": prompt_gen, "sample": sample_gen})
+    for step in range(saved.get("step", 0), cfg.steps):
+        ...
+        ckpt.step_done(step + 1, kl_coef=kl_ctl.value)
+
+A checkpoint holds the weights (safetensors), the optimizer and scheduler states, every
+random generator the loop draws from (its own, torch's, python's and numpy's), the run's
+cost counters and metric history, and the loop's own counters (``extra``). On CPU with the
+same seeds, a loop resumed from step k computes exactly what the uninterrupted loop would
+have computed from step k: the tests compare the two to the last digit.
+
+Writes are atomic: a checkpoint is built in a temporary folder, its files hashed, renamed to
+``step-<k>/``, and only then named in ``latest.json``. A checkpoint whose files do not match
+their hashes (truncated, edited) is refused with a warning, and the loop starts afresh.
+Nothing is unpickled: tensors load with ``torch.load(weights_only=True)``.
+
+SIGTERM (SLURM's preemption signal) sets a flag; the loop's next ``step_done`` saves a
+checkpoint and raises ``Preempted``. Outside a loop, SIGTERM raises ``Preempted`` at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from rlhf_bench.config import CheckpointConfig
+
+console = Console(stderr=True)
+LATEST = "latest.json"
+
+
+class Preempted(RuntimeError):
+    """The run was asked to stop (SIGTERM); its last checkpoint lets a re-run continue."""
+
+
+# --- the preemption signal ---------------------------------------------------------------
+_state = {"requested": False, "in_loop": 0}
+
+
+def _on_sigterm(signum, frame) -> None:
+    _state["requested"] = True
+    if not _state["in_loop"]:
+        raise Preempted("SIGTERM received outside a training loop; re-run the same command to resume")
+
+
+class preemption_handler:
+    """Install the SIGTERM handler for the duration of a run (main thread only)."""
+
+    def __enter__(self):
+        _state["requested"], _state["in_loop"] = False, 0
+        self._previous = None
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, SIGTERM kills as usual
+            self._previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        _state["requested"], _state["in_loop"] = False, 0
+        return False
+
+
+def preemption_requested() -> bool:
+    return _state["requested"]
+
+
+# --- hashing ------------------------------------------------------------------------------
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """{relative path: {"size", "sha256"}} of every file under ``folder``."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in skip:
+            out[rel] = {"size": path.stat().st_size, "sha256": file_digest(path)}
+    return out
+
+
+def verify_manifest(folder: Path, files: dict[str, dict[str, Any]], how: str = "hash") -> str | None:
+    """None if every file of ``files`` is in ``folder`` unchanged, else what is wrong."""
+    if how == "none":
+        return None
+    for rel, want in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{rel} has {path.stat().st_size} bytes, expected {want['size']}"
+        if how == "hash" and file_digest(path) != want["sha256"]:
+            return f"{rel} does not match its sha256"
+    return None
+
+
+# --- random states ------------------------------------------------------------------------
+def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Checkpoints of one training loop in ``folder`` (None: never checkpoint, never resume)."""
+
+    def __init__(self, folder: Path | None, cfg: CheckpointConfig, ctx, stage: str):
+        self.folder, self.cfg, self.ctx, self.stage = folder, cfg, ctx, stage
+        self._objects: dict[str, Any] = {}
+        self._last_save = time.monotonic()
+        self._last_step = -1
+
+    # -- resume ----------------------------------------------------------------------------
+    def restore(
+        self,
+        modules: dict[str, torch.nn.Module],
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler=None,
+        generators: dict[str, torch.Generator] | None = None,
+    ) -> dict[str, Any]:
+        """Register the loop's state; if a valid checkpoint exists, load it into that state and
+        return its ``extra`` (with ``step``), else return ``{}``. Enters the loop (SIGTERM now
+        waits for the next ``step_done``)."""
+        self._objects = dict(modules=modules, optimizer=optimizer, scheduler=scheduler, generators=generators or {})
+        _state["in_loop"] += 1
+        self._entered = True
+        found = self._latest()
+        if found is None:
+            return {}
+        from safetensors.torch import load_model
+
+        step_dir, meta = found
+        for name, module in modules.items():
+            load_model(module, str(step_dir / f"{name}.safetensors"), device=str(self.ctx.device))
+        tensors = torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(tensors["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(tensors["scheduler"])
+        _set_rng_state(tensors["rng"], self._objects["generators"])
+        self._restore_run_state(meta["run"])
+        self._last_step = meta["extra"]["step"]
+        console.print(
+            f"[green]resumed {self.stage} from its checkpoint at step {meta['extra']['step']}[/green] ({step_dir})"
+        )
+        return meta["extra"]
+
+    def _latest(self) -> tuple[Path, dict[str, Any]] | None:
+        if self.folder is None or not self.cfg.resume or not (self.folder / LATEST).is_file():
+            return None
+        try:
+            meta = json.loads((self.folder / LATEST).read_text())
+            step_dir = self.folder / meta["dir"]
+            problem = verify_manifest(step_dir, meta["files"], "hash")
+        except (OSError, ValueError, KeyError) as exc:
+            problem = f"{LATEST} is unreadable ({exc})"
+        if problem is not None:
+            console.print(
+                f"[yellow]ignoring the checkpoint in {self.folder}: {problem}; {self.stage} starts from the beginning[/yellow]"
+            )
+            return None
+        return step_dir, meta
+
+    def _restore_run_state(self, run: dict[str, Any]) -> None:
+        cost, tracker = self.ctx.cost, self.ctx.tracker
+        cost.tokens_generated = run["cost"]["tokens_generated"]
+        cost.tokens_trained = run["cost"]["tokens_trained"]
+        cost.reward_model_queries = run["cost"]["reward_model_queries"]
+        # what the interrupted attempt had logged by then: a superset of what this attempt has
+        tracker.history.clear()
+        tracker.history.update(run["history"])
+        tracker._step = max(tracker._step, run["tracker_step"])
+
+    # -- save ------------------------------------------------------------------------------
+    def step_done(self, step: int, force: bool = False, **extra: Any) -> None:
+        """Called after step ``step`` finished (``step`` steps done): checkpoint when due; after
+        a SIGTERM, checkpoint and raise ``Preempted``."""
+        preempt = preemption_requested()
+        due = (
+            force
+            or preempt
+            or (self.cfg.every_steps and step % self.cfg.every_steps == 0)
+            or (self.cfg.every_seconds and time.monotonic() - self._last_save >= self.cfg.every_seconds)
+        )
+        if due and self.folder is not None and step != self._last_step:
+            self.save(step, **extra)
+        if preempt:
+            where = f"; checkpoint at step {step} in {self.folder}" if self.folder is not None else ""
+            raise Preempted(f"SIGTERM during {self.stage}{where}; re-run the same command to resume")
+
+    def save(self, step: int, **extra: Any) -> Path:
+        from safetensors.torch import save_model
+
+        objects = self._objects
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, module in objects["modules"].items():
+            save_model(module, str(tmp / f"{name}.safetensors"))
+        torch.save(
+            {
+                "optimizer": objects["optimizer"].state_dict() if objects["optimizer"] is not None else None,
+                "scheduler": objects["scheduler"].state_dict() if objects["scheduler"] is not None else None,
+                "rng": _rng_state(objects["generators"]),
+            },
+            tmp / "state.pt",
+        )
+        name = f"step-{step:08d}"
+        final = self.folder / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        cost, tracker = self.ctx.cost, self.ctx.tracker
+        meta = {
+            "stage": self.stage,
+            "dir": name,
+            "files": manifest(final),
+            "extra": {"step": step, **extra},
+            "run": {
+                "cost": {
+                    "tokens_generated": cost.tokens_generated,
+                    "tokens_trained": cost.tokens_trained,
+                    "reward_model_queries": cost.reward_model_queries,
+                },
+                "history": tracker.history,
+                "tracker_step": tracker._step,
+            },
+        }
+        from rlhf_bench.tracking.record import write_json_atomic
+
+        write_json_atomic(self.folder / LATEST, meta)
+        for old in self.folder.glob("step-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        self._last_save, self._last_step = time.monotonic(), step
+        self.ctx.last_checkpoint = str(final)
+        return final
+
+    def close(self) -> None:
+        """Leave the loop (SIGTERM raises at once again)."""
+        if getattr(self, "_entered", False):
+            _state["in_loop"] -= 1
+            self._entered = False

@@ -1,0 +1,338 @@
+"""Preemption and faults: a killed or preempted run resumes and finishes with the numbers of an
+uninterrupted one; NaN, W&B failures, tampered artifacts and concurrent workers lose nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import fast_overrides
+
+from rlhf_bench import pipeline
+from rlhf_bench.cli import load_config
+from rlhf_bench.core.train import NonFiniteError
+
+# Long enough to be killed mid-stage (a few seconds each), short enough for CI.
+RESUMABLE = ["sft.steps=300", "method.steps=30", "checkpoint.every_steps=1", "checkpoint.every_seconds=0"]
+
+
+def _command(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rlhf_bench", *fast_overrides(root), *RESUMABLE, *extra]
+
+
+def _start(root: Path, attempt: str, *extra: str) -> subprocess.Popen:
+    with open(root / f"{attempt}.log", "w") as log:  # a file, not a pipe: tqdm must never block on a full pipe
+        return subprocess.Popen(_command(root, *extra), cwd=root, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish(root: Path, attempt: str, *extra: str) -> dict:
+    proc = _start(root, attempt, *extra)
+    assert proc.wait(timeout=300) == 0, (root / f"{attempt}.log").read_text()[-3000:]
+    return _only_record(root)
+
+
+def _only_record(root: Path) -> dict:
+    records = list((root / "results" / "runs").glob("*/record.json"))
+    assert len(records) == 1, records
+    return json.loads(records[0].read_text())
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, root: Path, pattern: str, min_step: int) -> int:
+    """Block until a checkpoint of at least ``min_step`` steps matches ``pattern``; return its step."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        for latest in root.glob(pattern):
+            try:
+                step = json.loads(latest.read_text())["extra"]["step"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if step >= min_step:
+                return step
+        assert proc.poll() is None, f"the run ended before a checkpoint at step {min_step}"
+        time.sleep(0.005)
+    raise AssertionError(f"no checkpoint {pattern} at step >= {min_step}")
+
+
+def _same_results(resumed: dict, reference: dict) -> None:
+    assert resumed["status"] == "finished" and resumed["error"] is None
+    assert resumed["metrics"] == reference["metrics"]  # exact: CPU, same seeds, exact state restored
+    assert resumed["history"] == reference["history"]
+    for counter in ("tokens_generated", "tokens_trained", "reward_model_queries"):
+        assert resumed["cost"][counter] == reference["cost"][counter], counter
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    return _finish(tmp_path_factory.mktemp("uninterrupted"), "only")
+
+
+@pytest.mark.slow
+def test_kill_9_in_sft_then_in_ppo_resumes_to_the_uninterrupted_numbers(tmp_path, reference):
+    first = _start(tmp_path, "first")
+    sft_step = _wait_for_checkpoint(first, tmp_path, "artifacts/sft/*.resume/latest.json", 20)
+    first.kill()  # SIGKILL: no handler runs, nothing is flushed
+    first.wait()
+    interrupted = _only_record(tmp_path)
+    assert interrupted["status"] == "running"  # as the killed process left it
+
+    second = _start(tmp_path, "second")
+    ppo_step = _wait_for_checkpoint(second, tmp_path, "artifacts/checkpoints/*/ppo/latest.json", 5)
+    second.kill()
+    second.wait()
+    log = (tmp_path / "second.log").read_text()
+    assert "resuming" in log and "resumed sft from its checkpoint" in log
+
+    record = _finish(tmp_path, "third")
+    assert "resumed ppo from its checkpoint" in (tmp_path / "third.log").read_text()
+    assert record["run_id"] == interrupted["run_id"] and record["resumed"] == 2
+    assert len(record["attempts"]) == 3
+    _same_results(record, reference)
+    assert not (tmp_path / "artifacts" / "checkpoints" / record["run_id"]).exists()  # cleaned once finished
+    assert not list((tmp_path / "artifacts" / "sft").glob("*.resume"))
+    assert sft_step >= 20 and ppo_step >= 5
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_marks_preempted_and_resumes(tmp_path, reference):
+    proc = _start(tmp_path, "first")
+    _wait_for_checkpoint(proc, tmp_path, "artifacts/checkpoints/*/ppo/latest.json", 3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    record = _only_record(tmp_path)
+    assert record["status"] == "preempted"
+    assert "SIGTERM during ppo" in record["error"] and "re-run the same command" in record["error"]
+    latest = json.loads((Path(record["checkpoint"]).parent / "latest.json").read_text())
+    assert Path(record["checkpoint"]).name == latest["dir"]  # the checkpoint written on SIGTERM is the last
+
+    resumed = _finish(tmp_path, "second")
+    assert resumed["resumed"] == 1
+    _same_results(resumed, reference)
+
+
+# --- faults in process ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults")
+
+
+def _fault_config(root: Path, *extra: str):
+    return load_config(fast_overrides(root) + ["method.steps=4", "checkpoint.every_steps=1", *extra])
+
+
+@pytest.mark.parametrize(
+    "target, quantity",
+    [
+        ("rlhf_bench.methods.ppo.clipped_policy_loss", "ppo/loss is nan at step 2"),
+        ("rlhf_bench.core.context.RunContext.score", "objective/score is nan at step 2"),
+    ],
+)
+def test_nan_stops_the_stage_keeps_the_last_good_checkpoint_and_fails_the_record(
+    shared_root, monkeypatch, target, quantity
+):
+    import importlib
+
+    import torch
+
+    module_name, _, attr = target.rpartition(".")
+    try:
+        owner = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        module_name, _, cls = module_name.rpartition(".")
+        owner = getattr(importlib.import_module(module_name), cls)
+    original, calls = getattr(owner, attr), {"n": 0}
+    per_step = 2  # two minibatches per PPO step for the loss; the score: once per step (+0 elsewhere)
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > (2 * per_step if "loss" in quantity else 2):
+            if isinstance(out, tuple):
+                return (out[0] * float("nan"), *out[1:])
+            return out * torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(owner, attr, poisoned)
+    cfg = _fault_config(shared_root, f"run_name=nan-{attr}")
+    with pytest.raises(NonFiniteError, match=quantity):
+        pipeline.run(cfg)
+    record_path = next((shared_root / "results" / "runs").glob(f"*nan-{attr}*/record.json"))
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "failed" and quantity in record["error"]
+    checkpoint = Path(record["checkpoint"])
+    assert checkpoint.name == "step-00000002" and (checkpoint / "policy.safetensors").is_file()
+    assert not (shared_root / "artifacts" / "policy" / record["run_id"]).exists()  # no policy from a failed run
+
+
+def test_wandb_failing_mid_run_loses_nothing(shared_root, monkeypatch, capsys):
+    from rlhf_bench.tracking import wandb_run
+
+    original_init = wandb_run.Tracker.__init__
+
+    def init_then_break(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+
+        def broken(*a, **k):
+            raise ConnectionError("W&B went away")
+
+        self._run.log = broken
+
+    monkeypatch.setattr(wandb_run.Tracker, "__init__", init_then_break)
+    record = pipeline.run(_fault_config(shared_root, "run_name=wandb-breaks"))
+    assert record["status"] == "finished"
+    assert "ConnectionError: W&B went away" in record["wandb"]["failed"]
+    assert len(record["history"]["ppo"]) == 4  # every step is in the record although W&B failed at the first
+    err = capsys.readouterr().err
+    assert err.count("W&B failed") == 1
+
+
+@pytest.mark.slow
+def test_wandb_unreachable_online_falls_back_to_offline(tmp_path):
+    env = dict(
+        os.environ,
+        WANDB_MODE="online",
+        WANDB_BASE_URL="http://127.0.0.1:9",  # nothing listens there: connection refused
+        WANDB_API_KEY="x" * 40,
+        WANDB_INIT_TIMEOUT="5",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_bench", *fast_overrides(tmp_path), "logger.mode=online"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("W&B online init failed") == 1
+    record = _only_record(tmp_path)
+    assert record["status"] == "finished" and record["wandb"]["mode"] == "offline"
+    assert list(Path(record["wandb"]["dir"]).glob("run-*.wandb"))
+
+
+def test_a_tampered_or_truncated_artifact_is_rebuilt(shared_root, capsys):
+    cfg = _fault_config(shared_root, "run_name=tamper")
+    first = pipeline.run(cfg)
+    sft = Path(first["artifacts"]["sft"]["path"])
+    weights = sft / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:  # flip bytes in the middle: same size, different content
+        fh.seek(size // 2)
+        fh.write(b"\x00" * 64)
+    second = pipeline.run(cfg)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "altered or truncated (model.safetensors does not match its sha256); rebuilding it" in err
+    assert second["artifacts"]["sft"]["cached"] is False
+    assert second["metrics"]["sft"] == first["metrics"]["sft"]  # rebuilt deterministically
+    assert list(sft.parent.glob(f".{sft.name}.bad-*"))  # the altered folder is kept aside, not deleted
+
+    weights.write_bytes(weights.read_bytes()[: size // 3])  # truncated
+    third = pipeline.run(cfg)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"(model.safetensors has {size // 3} bytes, expected {size})" in err
+    assert third["artifacts"]["sft"]["cached"] is False
+
+
+def test_a_tampered_checkpoint_is_refused(tmp_path):
+    import torch
+
+    from rlhf_bench.config import CheckpointConfig
+    from rlhf_bench.core.checkpoint import Checkpointer
+    from rlhf_bench.core.train import Cost
+    from rlhf_bench.tracking.wandb_run import Tracker
+
+    class Ctx:
+        device = torch.device("cpu")
+        cost = Cost()
+        tracker = Tracker(type("L", (), {"mode": "disabled"})(), tmp_path, "x", "x", {})
+        last_checkpoint = None
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    ckpt = Checkpointer(tmp_path / "c", CheckpointConfig(every_steps=1), Ctx(), "unit")
+    assert ckpt.restore({"model": model}, opt) == {}
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    ckpt.step_done(1, note="after one step")
+    ckpt.close()
+
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    again = Checkpointer(tmp_path / "c", CheckpointConfig(), Ctx(), "unit")
+    assert again.restore({"model": fresh}, fresh_opt) == {"step": 1, "note": "after one step"}
+    again.close()
+    assert torch.equal(fresh.weight, model.weight)
+    assert fresh_opt.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+
+    state = tmp_path / "c" / "step-00000001" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-10])
+    refused = Checkpointer(tmp_path / "c", CheckpointConfig(), Ctx(), "unit")
+    assert refused.restore({"model": torch.nn.Linear(3, 2)}) == {}
+    refused.close()
+
+
+# --- concurrent writers ---------------------------------------------------------------------
+_BUILDER = """
+import sys, time
+from pathlib import Path
+from rlhf_bench.pipeline import cached_stage
+
+root, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+def build(out, _ckpt):
+    with open(log, "a") as fh:
+        fh.write("built\\n")
+    for i in range(20):  # a slow build, written file by file
+        (out / f"part{i}.txt").write_text(str(i) * 1000)
+        time.sleep(0.01)
+    return {"parts": 20}
+
+result = cached_stage(root, "shared", {"same": "key"}, build)
+print(result.path, result.cached)
+"""
+
+_WRITER = """
+import sys
+from pathlib import Path
+from rlhf_bench.tracking.record import write_json_atomic
+
+path, who = Path(sys.argv[1]), sys.argv[2]
+for i in range(300):
+    write_json_atomic(path, {"who": who, "i": i, "payload": [who] * 2000})
+"""
+
+
+def test_concurrent_workers_build_a_stage_once_and_never_tear_a_record(tmp_path):
+    log = tmp_path / "builds.log"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILDER, str(tmp_path / "artifacts"), str(log)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [w.communicate(timeout=120)[0].split() for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    assert log.read_text().count("built") == 1  # one worker built it; the others waited and reused it
+    assert len({path for path, _ in outputs}) == 1
+    assert sorted(cached for _, cached in outputs) == ["False", "True", "True"]
+    assert len(list(Path(outputs[0][0]).glob("part*.txt"))) == 20
+
+    record = tmp_path / "record.json"
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(record), w]) for w in ("a", "b")]
+    torn = 0
+    while any(w.poll() is None for w in writers):
+        if record.exists():
+            try:
+                data = json.loads(record.read_text())
+                assert len(data["payload"]) == 2000
+            except ValueError:
+                torn += 1
+    assert all(w.returncode == 0 for w in writers)
+    assert torn == 0
+    assert not list(tmp_path.glob(".record.json.*"))  # no temporary file left behind
