@@ -79,6 +79,12 @@ CASES = [
     ),
     ("function reward missing", ["reward_model=function"], 2, "reward_model.target"),
     ("user task no gold", ["task=jsonl", "task.prompts=p.jsonl"], 2, "task.gold_reward must be set"),
+    (
+        "user task two judges",
+        ["task=jsonl", "task.prompts=p.jsonl", "task.gold_reward=m:f", "task.gold_model=x"],
+        2,
+        "exactly one judges",
+    ),
     ("user task no data", ["task=jsonl", "task.gold_reward=m:f"], 2, "task.prompts or task.preferences must be set"),
     # --- user data files -------------------------------------------------------------------
     ("missing file", ["task.prompts={d}/nope.jsonl"], 2, "nope.jsonl: no such file (set by task.prompts)"),

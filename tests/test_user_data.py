@@ -174,3 +174,30 @@ def test_jsonl_reader_skips_blank_lines_and_counts_them(tmp_path):
         load_jsonl(str(path), "prompts", "task.prompts")
     path.write_bytes(b'{"prompt": "a"}\r\n\r\n{"prompt": "b"}\n')
     assert [r["prompt"] for r in load_jsonl(str(path), "prompts", "task.prompts")] == ["a", "b"]
+
+
+def test_a_classifier_as_the_gold_judge(user_files, model_folder, tmp_path):
+    """task.gold_model: a sequence classifier (its own tokenizer) judges prompt + response."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config
+
+    from rlhf_bench.tasks.user import UserTask, UserTaskConfig
+
+    tok = models.load_tokenizer(str(model_folder))
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, num_labels=2, pad_token_id=tok.pad_token_id
+    )
+    classifier = AutoModelForSequenceClassification.from_config(config).eval()
+    classifier.save_pretrained(tmp_path / "judge")
+    tok.save_pretrained(tmp_path / "judge")
+
+    task = UserTask(
+        UserTaskConfig(prompts=user_files["prompts"], gold_model=str(tmp_path / "judge"), gold_model_label=1)
+    )
+    prompts, responses = task.train_prompts[:3], [" sorry about that .", " whatever .", " thanks , glad to help ."]
+    scores = task.gold_reward(prompts, responses)
+    with torch.no_grad():
+        expected = [
+            float(classifier(**tok(p + r, return_tensors="pt")).logits[0, 1]) for p, r in zip(prompts, responses)
+        ]
+    assert scores == pytest.approx(expected, abs=1e-5)

@@ -13,6 +13,7 @@ sentiment example), pooled by the classifier's own forward, as it was trained.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,18 +85,19 @@ class PretrainedReward:
     @torch.no_grad()
     def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         prompts, responses = ctx.prompt_texts(prompt_ids, prompt_mask), ctx.decode(response_ids, response_mask)
-        raw = [
-            self.raw_scores(ctx, prompts[i : i + self.batch_size], responses[i : i + self.batch_size])
-            for i in range(0, len(prompts), self.batch_size)
-        ]
-        return self.norm(torch.cat(raw))
+        return self.norm(self.raw_scores(prompts, responses, ctx.device, ctx.autocast))
 
-    def raw_scores(self, ctx, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """[b] logit ``label_index`` of each (prompt, response), on the run's device."""
-        batch = self._tokenize(prompts, responses).to(ctx.device)
-        with ctx.autocast():
-            logits = self.model(**batch).logits
-        return logits[:, self.label_index].float()
+    @torch.no_grad()
+    def raw_scores(
+        self, prompts: list[str], responses: list[str], device, autocast=contextlib.nullcontext
+    ) -> torch.Tensor:
+        """[N] logit ``label_index`` of each (prompt, response), in batches, on ``device``."""
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            batch = self._tokenize(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(device)
+            with autocast():
+                out.append(self.model(**batch).logits[:, self.label_index].float())
+        return torch.cat(out)
 
     def _tokenize(self, prompts: list[str], responses: list[str]):
         tok, limit = self.tokenizer, _max_length(self.model, self.tokenizer)
@@ -150,6 +152,26 @@ def load_classifier(spec: dict[str, Any], device: torch.device) -> tuple[torch.n
     )
     model.to(device).eval().requires_grad_(False)
     return model, tokenizer
+
+
+class ClassifierJudge:
+    """A sequence classifier as the gold judge of a user task (``task.gold_model``): raw logit
+    ``label_index`` of each (prompt, response), text in and numbers out like a reward function."""
+
+    def __init__(self, name_or_path: str, label_index: int, input_format: str = "concat", batch_size: int = 32):
+        spec = dict(
+            name_or_path=name_or_path,
+            revision=None,
+            trust_remote_code=False,
+            label_index=label_index,
+            input_format=input_format,
+        )
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_classifier(spec, self.device)
+        self.reward = PretrainedReward(model, tokenizer, label_index, input_format, batch_size, Normalization())
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return self.reward.raw_scores(list(prompts), list(responses), self.device).cpu().tolist()
 
 
 def load_pretrained_reward(ctx: RunContext, spec: dict[str, Any]) -> PretrainedReward:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from rlhf_bench.config import require, require_choice
 from rlhf_bench.rewards.function import call_reward, check_target
@@ -53,6 +54,8 @@ class UserTaskConfig:
     eval_preferences: str | None = None
     eval_fraction: float = 0.1  # held out when no eval split is given
     gold_reward: str | None = None
+    gold_model: str | None = None  # or a sequence classifier (hub name or folder) as the judge
+    gold_model_label: int = 0  # its logit that is the judge's score
     max_response_tokens: int = 32
     split_seed: int = 0
 
@@ -68,11 +71,13 @@ class UserTaskConfig:
             "or task.preferences must be set (prompts come from one of them)",
         )
         require(
-            self.gold_reward is not None,
+            (self.gold_reward is None) != (self.gold_model is None),
             "task.gold_reward",
-            "must be set: the judge of evaluation and of simulated annotators (package.module:function)",
+            "must be set (package.module:function), or else task.gold_model (a classifier): exactly one judges "
+            "evaluation and the simulated annotators",
         )
-        check_target(self.gold_reward, "task.gold_reward")
+        if self.gold_reward is not None:
+            check_target(self.gold_reward, "task.gold_reward")
         require(0 < self.eval_fraction < 1, "task.eval_fraction", "must be in (0, 1)", self.eval_fraction)
         require(self.max_response_tokens >= 1, "task.max_response_tokens", "must be >= 1", self.max_response_tokens)
 
@@ -163,4 +168,13 @@ class UserTask:
         ]
 
     def gold_reward(self, prompts: list[str], responses: list[str]) -> list[float]:
+        if self.cfg.gold_model is not None:
+            return _judge(self.cfg.gold_model, self.cfg.gold_model_label)(prompts, responses)
         return call_reward(self.cfg.gold_reward, "task.gold_reward", prompts, responses)
+
+
+@lru_cache(maxsize=2)
+def _judge(name_or_path: str, label_index: int):
+    from rlhf_bench.rewards.pretrained import ClassifierJudge
+
+    return ClassifierJudge(name_or_path, label_index)
