@@ -426,6 +426,8 @@ def run_job(cfg) -> float:
             raise
         note = "(RLHF_BENCH_DEBUG=1 shows the stack trace; the run record says status=failed.)"
         _fail(f"run failed: {type(exc).__name__}: {exc}", EXIT_RUN_FAILED, note)
+    if "record_path" not in record:  # a process other than the main one of a data-parallel run
+        return float("nan")
     Console(width=max(Console().width, 110)).print(summary_table(record))
     print_paths(record)
     return objective(record)

@@ -29,6 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from rlhf_bench.config import Config
+from rlhf_bench.core import distributed
 from rlhf_bench.core.checkpoint import Preempted, manifest, preemption_handler, verify_manifest
 from rlhf_bench.tracking.record import (
     RECORD_VERSION,
@@ -73,6 +74,7 @@ def cached_stage(
     key: dict[str, Any],
     build: Callable[[Path, Path], dict[str, Any]],
     verify: str = "hash",
+    parallel: bool = False,
 ) -> StageResult:
     """Return the stage's output folder, building it with ``build(tmp_dir, checkpoint_dir) -> info``
     if absent or if its files no longer match the hashes recorded when it was built.
@@ -85,6 +87,8 @@ def cached_stage(
     digest = config_hash({"stage": stage, "stage_version": STAGE_VERSION, **key})
     root = artifacts_dir / stage
     final = root / digest
+    if distributed.world_size() > 1:
+        return _cached_stage_together(root, digest, stage, key, build, verify, parallel)
     found = _complete(final, verify)
     if found is not None:
         return StageResult(final, digest, True, found)
@@ -93,25 +97,66 @@ def cached_stage(
         found = _complete(final, verify)  # another worker built it while we waited
         if found is not None:
             return StageResult(final, digest, True, found)
-        for stale in root.glob(f".{digest}.tmp-*"):  # left by a killed worker (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # incomplete or corrupted: keep it aside for inspection, rebuild
-            final.rename(root / f".{digest}.bad-{int(time.time())}")
-        tmp = root / f".{digest}.tmp-{os.getpid()}"
-        tmp.mkdir()
-        resume_dir = root / f"{digest}.resume"
-        try:
-            start = time.perf_counter()
-            info = build(tmp, resume_dir)
-            info["wall_seconds"] = round(time.perf_counter() - start, 3)
-            meta = {"stage": stage, "hash": digest, "key": key, "info": info, "created": _now()}
-            meta["files"] = manifest(tmp)
-            write_json_atomic(tmp / "stage.json", meta)
-            os.replace(tmp, final)
-            shutil.rmtree(resume_dir, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        info = _build_stage(root, digest, stage, key, build)
     return StageResult(final, digest, False, info)
+
+
+def _build_stage(root: Path, digest: str, stage: str, key: dict[str, Any], build) -> dict[str, Any]:
+    """Build into a temporary folder, record the files' hashes, rename into place (lock held)."""
+    final, tmp = root / digest, root / f".{digest}.tmp-{os.getpid()}"
+    for stale in root.glob(f".{digest}.tmp-*"):  # left by a killed worker (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():  # incomplete or corrupted: keep it aside for inspection, rebuild
+        final.rename(root / f".{digest}.bad-{int(time.time())}")
+    tmp.mkdir()
+    resume_dir = root / f"{digest}.resume"
+    try:
+        start = time.perf_counter()
+        info = build(tmp, resume_dir)
+        info["wall_seconds"] = round(time.perf_counter() - start, 3)
+        meta = {"stage": stage, "hash": digest, "key": key, "info": info, "created": _now()}
+        meta["files"] = manifest(tmp)
+        write_json_atomic(tmp / "stage.json", meta)
+        os.replace(tmp, final)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _cached_stage_together(root, digest, stage, key, build, verify, parallel: bool) -> StageResult:
+    """``cached_stage`` for processes of one data-parallel run: the main process takes the lock
+    and decides; a ``parallel`` stage (a training loop) is built by all of them in lockstep,
+    each writing to a folder of its own that only the main's replaces the stage with."""
+    from filelock import FileLock
+
+    final, lock = root / digest, None
+    found = None
+    if distributed.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f"{digest}.lock"))
+        lock.acquire()
+        found = _complete(final, verify)
+    found = distributed.broadcast(found)
+    try:
+        if found is not None:
+            return StageResult(final, digest, True, found)
+        if distributed.is_main():
+            info = _build_stage(root, digest, stage, key, build)
+        elif parallel:  # train along; what this process writes is discarded
+            scratch = root / f".{digest}.rank{distributed.rank()}-{os.getpid()}"
+            scratch.mkdir(parents=True, exist_ok=True)
+            try:
+                build(scratch, root / f"{digest}.resume")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        distributed.barrier()
+        if not distributed.is_main():
+            info = json.loads((final / "stage.json").read_text())["info"]
+        return StageResult(final, digest, False, info)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _complete(folder: Path, verify: str) -> dict[str, Any] | None:
@@ -205,6 +250,9 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     from rlhf_bench.tracking.wandb_run import Tracker
 
     models.quiet_transformers()
+    distributed.setup(resolve_device(cfg.device))
+    if not distributed.is_main():
+        return run_worker(cfg)
     results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)
     check_writable(results_dir, "results_dir")
     check_writable(artifacts_dir, "artifacts_dir")
@@ -224,7 +272,8 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         lock.acquire()
         record = new_record(cfg, run_dir.name, overrides, device, dtype)
         record["resume_key"] = resume_key
-    run_id, record_path = run_dir.name, run_dir / "record.json"
+        record["processes"] = distributed.world_size()
+    run_id, record_path = distributed.broadcast(run_dir.name), run_dir / "record.json"
     record.setdefault("attempts", []).append({"started": _now(), "host": platform.node(), "pid": os.getpid()})
     write_json_atomic(record_path, record)
     console.print(
@@ -271,6 +320,8 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
             record["wandb"]["failed"] = tracker.failed
         write_json_atomic(record_path, record)
         lock.release()
+    if distributed.world_size() > 1:
+        distributed.barrier()  # the other processes wait for the record before they exit
     record["record_path"] = str(record_path)
     return record
 
@@ -380,6 +431,7 @@ def preparation_stages(ctx) -> dict[str, Any]:
                 key,
                 lambda out, ckpt: train_sft(ctx, cfg.sft, ctx.base_path, out, ckpt),
                 verify,
+                parallel=True,
             )
             ctx.sft_path, ctx.stage_keys["sft"] = str(sft.path), sft.hash
             ctx.artifacts["sft"] = _artifact(sft)
@@ -413,6 +465,7 @@ def preparation_stages(ctx) -> dict[str, Any]:
             key,
             lambda out, ckpt: train_rm(ctx, cfg.reward_model, prefs.path, out, ckpt),
             verify,
+            parallel=True,
         )
         ctx.reward_model_path = str(rm.path)
         ctx.artifacts["reward_model"] = _artifact(rm)
@@ -424,18 +477,50 @@ def preparation_stages(ctx) -> dict[str, Any]:
     return rm.info
 
 
+def train_policy(ctx):
+    """The method's training (every process of a data-parallel run takes part); the cost counters
+    summed over processes."""
+    from hydra.utils import get_method
+
+    with ctx.cost.timed("policy"):
+        policy = get_method(ctx.cfg.method._target_)(ctx, ctx.cfg.method)
+    cost = ctx.cost
+    cost.tokens_generated = distributed.total(cost.tokens_generated)
+    cost.tokens_trained = distributed.total(cost.tokens_trained)
+    cost.reward_model_queries = distributed.total(cost.reward_model_queries)
+    return policy
+
+
+def run_worker(cfg: Config) -> dict[str, Any]:
+    """A process other than the main one in a data-parallel run: the same stages in lockstep,
+    writing nothing (no record, no W&B, no policy); the main process evaluates."""
+    from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
+    from rlhf_bench.tracking.wandb_run import Tracker
+
+    device = resolve_device(cfg.device)
+    run_id = distributed.broadcast(None)
+    tracker = Tracker(dataclasses.replace(cfg.logger, mode="disabled"), Path("."), run_id, run_id, {})
+    with preemption_handler():
+        seed_everything(cfg.seed)
+        ctx = base_stage(cfg, tracker, device, resolve_dtype(cfg.precision, device))
+        ctx.checkpoint_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / run_id
+        preparation_stages(ctx)
+        seed_everything(cfg.seed)
+        train_policy(ctx)
+    distributed.barrier()  # wait while the main process evaluates and writes: a launcher ends all at the first exit
+    return {"run_id": run_id, "rank": distributed.rank(), "status": "finished"}
+
+
 def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[str, Any]:
     """Train the method from the SFT policy, save it, and evaluate it against the SFT reference
     (the task's metrics, then the lm-eval suite)."""
     import torch
-    from hydra.utils import get_method
 
     from rlhf_bench.evaluation import lm_eval_suite
     from rlhf_bench.evaluation.gold import evaluate
 
     cfg = ctx.cfg
-    with ctx.cost.timed("policy"):
-        policy = get_method(cfg.method._target_)(ctx, cfg.method)
+    policy = train_policy(ctx)
     with ctx.cost.timed("eval"):
         ref, reward = ctx.load_reference(), ctx.load_reward()
         metrics = evaluate(ctx, policy, ref, reward, cfg.eval, cfg.seed)

@@ -43,6 +43,7 @@ import torch
 from rich.console import Console
 
 from rlhf_bench.config import CheckpointConfig
+from rlhf_bench.core import distributed
 
 console = Console(stderr=True)
 LATEST = "latest.json"
@@ -175,11 +176,13 @@ class Checkpointer:
         for name, module in modules.items():
             load_model(module, str(step_dir / f"{name}.safetensors"), device=str(self.ctx.device))
         tensors = torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True)
+        own = step_dir / f"rng-rank{distributed.rank()}.pt"  # another process count: the main's
+        rng = torch.load(own if own.is_file() else step_dir / "rng-rank0.pt", map_location="cpu", weights_only=True)
         if optimizer is not None:
             optimizer.load_state_dict(tensors["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(tensors["scheduler"])
-        _set_rng_state(tensors["rng"], self._objects["generators"])
+        _set_rng_state(rng, self._objects["generators"])
         self._restore_run_state(meta["run"])
         self._last_step = meta["extra"]["step"]
         console.print(
@@ -218,12 +221,15 @@ class Checkpointer:
         """Called after step ``step`` finished (``step`` steps done): checkpoint when due; after
         a SIGTERM, checkpoint and raise ``Preempted``."""
         preempt = preemption_requested()
-        due = (
+        due = bool(
             force
             or preempt
             or (self.cfg.every_steps and step % self.cfg.every_steps == 0)
             or (self.cfg.every_seconds and time.monotonic() - self._last_save >= self.cfg.every_seconds)
         )
+        if distributed.world_size() > 1:  # every process must take the same decision at the same step
+            preempt = distributed.mean(float(preempt)) > 0
+            due = distributed.mean(float(due)) > 0
         if due and self.folder is not None and step != self._last_step:
             self.save(step, **extra)
         if preempt:
@@ -231,31 +237,47 @@ class Checkpointer:
             raise Preempted(f"SIGTERM during {self.stage}{where}; re-run the same command to resume")
 
     def save(self, step: int, **extra: Any) -> Path:
+        """Write the checkpoint of ``step`` steps. With several processes, each writes its own
+        random state (``rng-rank<r>.pt``); the main process writes the rest (the weights and
+        optimizer are the same on every process) and publishes it."""
         from safetensors.torch import save_model
 
         objects = self._objects
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, module in objects["modules"].items():
-            save_model(module, str(tmp / f"{name}.safetensors"))
-        torch.save(
-            {
-                "optimizer": objects["optimizer"].state_dict() if objects["optimizer"] is not None else None,
-                "scheduler": objects["scheduler"].state_dict() if objects["scheduler"] is not None else None,
-                "rng": _rng_state(objects["generators"]),
-            },
-            tmp / "state.pt",
-        )
         name = f"step-{step:08d}"
-        final = self.folder / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        tmp, final = self.folder / f".tmp-{name}", self.folder / name
+        if distributed.is_main():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        distributed.barrier()
+        torch.save(_rng_state(objects["generators"]), tmp / f"rng-rank{distributed.rank()}.pt")
+        distributed.barrier()
+        if distributed.is_main():
+            for module_name, module in objects["modules"].items():
+                save_model(module, str(tmp / f"{module_name}.safetensors"))
+            torch.save(
+                {
+                    "optimizer": objects["optimizer"].state_dict() if objects["optimizer"] is not None else None,
+                    "scheduler": objects["scheduler"].state_dict() if objects["scheduler"] is not None else None,
+                },
+                tmp / "state.pt",
+            )
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            self._publish(final, step, extra)
+        distributed.barrier()
+        self._last_save, self._last_step = time.monotonic(), step
+        self.ctx.last_checkpoint = str(final)
+        return final
+
+    def _publish(self, final: Path, step: int, extra: dict[str, Any]) -> None:
+        """Name ``final`` in latest.json (with its files' hashes and the run's state), drop older ones."""
+        from rlhf_bench.tracking.record import write_json_atomic
+
         cost, tracker = self.ctx.cost, self.ctx.tracker
         meta = {
             "stage": self.stage,
-            "dir": name,
+            "dir": final.name,
             "files": manifest(final),
             "extra": {"step": step, **extra},
             "run": {
@@ -268,15 +290,10 @@ class Checkpointer:
                 "tracker_step": tracker._step,
             },
         }
-        from rlhf_bench.tracking.record import write_json_atomic
-
         write_json_atomic(self.folder / LATEST, meta)
         for old in self.folder.glob("step-*"):
-            if old.name != name:
+            if old.name != final.name:
                 shutil.rmtree(old, ignore_errors=True)
-        self._last_save, self._last_step = time.monotonic(), step
-        self.ctx.last_checkpoint = str(final)
-        return final
 
     def close(self) -> None:
         """Leave the loop (SIGTERM raises at once again)."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rlhf_bench.config import Config, ConfigError
-from rlhf_bench.core import models
+from rlhf_bench.core import distributed, models
 from rlhf_bench.core.checkpoint import Checkpointer
 from rlhf_bench.core.device import autocast
 from rlhf_bench.core.rollout import generate, pad
@@ -114,12 +114,14 @@ class RunContext:
     def generators(self) -> tuple[torch.Generator, torch.Generator]:
         """(a CPU generator for prompt and minibatch order, a device generator for sampling), from the run seed."""
         seed = self.cfg.seed
-        return torch.Generator().manual_seed(seed), torch.Generator(device=self.device).manual_seed(seed + 1)
+        # the prompt order is shared by all processes (each takes its share); the samples are not
+        sample_seed = seed + 1 + 7919 * distributed.rank()
+        return torch.Generator().manual_seed(seed), torch.Generator(device=self.device).manual_seed(sample_seed)
 
     def sample_prompts(self, n: int, generator: torch.Generator) -> list[str]:
-        """``n`` training prompts drawn with replacement."""
+        """This process's share of ``n`` training prompts drawn with replacement (all of them in one process)."""
         pool = self.task.train_prompts
-        return [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=generator)]
+        return distributed.shard([pool[int(i)] for i in torch.randint(len(pool), (n,), generator=generator)])
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of ``texts`` as they are (responses, demonstrations); prompts go through ``encode_prompts``."""

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import require
+from rlhf_bench.core import distributed
 from rlhf_bench.core.ops import masked_sum
 from rlhf_bench.core.rollout import response_logprobs
 from rlhf_bench.core.train import (
@@ -105,7 +106,7 @@ def train_on_pairs(
     ckpt = ctx.checkpointer(name)
     start = ckpt.restore({"policy": policy}, optimizer, scheduler).get("step", 0)
     for step in tqdm(range(start, len(schedule)), desc=name, unit="step", dynamic_ncols=True, initial=start):
-        idx = schedule[step][1]
+        idx = distributed.shard(schedule[step][1])
         chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, mismatched)
         logps = PairLogps(chosen, rejected, mismatched=other)
         if ref is not None:

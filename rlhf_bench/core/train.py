@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from rlhf_bench.core import distributed
+
 
 class NonFiniteError(RuntimeError):
     """A loss or reward became NaN/inf; the message names the step and the quantity."""
@@ -53,6 +55,7 @@ def optimizer_step(
     """Backward, clip the global gradient norm, step, zero; return the norm before clipping."""
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    distributed.average_gradients(params)  # several processes: each had its share of the batch
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

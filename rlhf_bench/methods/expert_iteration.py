@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import trange
 
 from rlhf_bench.config import require
+from rlhf_bench.core import distributed
 from rlhf_bench.core.ops import masked_mean
 from rlhf_bench.core.rollout import pad, response_logprobs
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
@@ -72,7 +73,7 @@ def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
         prompts = ctx.sample_prompts(cfg.prompts_per_round, prompt_gen)
         kept_p, kept_r, scores = best_responses(ctx, policy, reward, prompts, cfg.k, cfg.temperature, sample_gen)
         for _ in range(cfg.steps_per_round):
-            idx = torch.randint(len(kept_p), (cfg.batch_size,), generator=prompt_gen).tolist()
+            idx = distributed.shard(torch.randint(len(kept_p), (cfg.batch_size,), generator=prompt_gen)).tolist()
             prompt_ids, prompt_mask = pad([kept_p[i] for i in idx], pad_id, "left", ctx.device)
             response_ids, response_mask = pad([kept_r[i] for i in idx], pad_id, "right", ctx.device)
             with ctx.autocast():

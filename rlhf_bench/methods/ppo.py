@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import trange
 
 from rlhf_bench.config import require, require_choice
-from rlhf_bench.core import models
+from rlhf_bench.core import distributed, models
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
@@ -238,7 +238,7 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
                 **stats,
             },
         )
-        kl_ctl.update(mean_kl, cfg.batch_size)
+        kl_ctl.update(distributed.mean(mean_kl), cfg.batch_size)  # every process keeps the same coefficient
         ckpt.step_done(step + 1, force=step + 1 == cfg.steps, kl_coef=kl_ctl.value)
     ckpt.close()
     return policy

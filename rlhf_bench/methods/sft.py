@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import SFTConfig
+from rlhf_bench.core import distributed
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.ops import position_ids_from_mask
 from rlhf_bench.core.rollout import pad
@@ -44,6 +46,19 @@ def tokenize_examples(examples: list[tuple[str, str]], tokenizer, max_length: in
     return out
 
 
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, V] logits, [B, L] labels (-100: no loss), [B, L] attention mask -> the mean next-token NLL over the labelled
+    tokens of the whole global batch. With several processes each holds a share of the batch:
+    its sum is divided by the global token count (times the process count, which the gradient
+    average divides out), so the step equals one process's on the whole batch."""
+    # a target is a token whose context is a real token: with left padding the first token of a
+    # shorter sequence follows a pad, and would be "predicted" from nothing
+    targets = labels[:, 1:].masked_fill(mask[:, :-1] == 0, -100)
+    nll = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    local = int((targets != -100).sum())
+    return nll * distributed.world_size() / max(1, distributed.total(local))
+
+
 def train_sft(
     ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path, checkpoints: Path | None = None
 ) -> dict[str, float]:
@@ -71,17 +86,13 @@ def train_sft(
     for step in tqdm(
         range(start, cfg.steps), desc="SFT", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps
     ):
-        index = torch.randint(len(data), (cfg.batch_size,), generator=generator)
+        index = distributed.shard(torch.randint(len(data), (cfg.batch_size,), generator=generator))
         batch = [data[i] for i in index]
         ids, mask = pad([seq for seq, _ in batch], tokenizer.pad_token_id, "left", ctx.device)
         labels, _ = pad([[-100] * n + seq[n:] for seq, n in batch], -100, "left", ctx.device)
         with ctx.autocast():
-            loss = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                labels=labels,
-            ).loss
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        loss = next_token_loss(logits, labels, mask)
         check_finite(loss, "sft/loss", step)
         grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
         tokens += int(mask.sum())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import require
-from rlhf_bench.core import models
+from rlhf_bench.core import distributed, models
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import sequence_scores
 from rlhf_bench.core.train import (
@@ -145,7 +145,7 @@ def fit_reward_model(
     start, tokens, held_out = saved.get("step", 0), saved.get("tokens", 0), saved.get("held_out")
     model.train()
     for step in tqdm(range(start, len(schedule)), desc=label, unit="step", dynamic_ncols=True, initial=start):
-        epoch, idx = schedule[step]
+        epoch, idx = schedule[step][0], distributed.shard(schedule[step][1])
         chosen, rejected = pair_rewards(ctx, model, train_pairs, idx)
         loss = loss_fn(chosen, rejected, margins[idx].to(chosen.device))
         check_finite(loss, "reward_model/loss", step)
