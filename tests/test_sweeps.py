@@ -227,7 +227,7 @@ def test_slurm_dry_run_prints_the_sbatch_script(tmp_path):
 
 
 def _wandb_sweep() -> dict:
-    return yaml.safe_load((sweeps_dir() / "wandb" / "ppo_lr_kl.yaml").read_text())
+    return yaml.safe_load((sweeps_dir() / "wandb_sweep" / "ppo_lr_kl.yaml").read_text())
 
 
 def test_wandb_sweep_parameters_compose_as_overrides():
@@ -299,7 +299,7 @@ def test_wheel_ships_and_finds_the_sweeps(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("rlhf_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("methods_x_seeds.yaml", "ppo_optuna.yaml", "wandb/ppo_lr_kl.yaml", "slurm_dry_run.py"):
+    for name in ("methods_x_seeds.yaml", "ppo_optuna.yaml", "wandb_sweep/ppo_lr_kl.yaml", "slurm_dry_run.py"):
         assert f"rlhf_bench/sweeps/{name}" in names, name
     assert "rlhf_bench/conf/hydra/launcher/slurm.yaml" in names
     assert not [n for n in names if "__pycache__" in n]
