@@ -102,7 +102,7 @@ def test_sigterm_checkpoints_marks_preempted_and_resumes(tmp_path, reference):
     proc = _start(tmp_path, "first")
     _wait_for_checkpoint(proc, tmp_path, "artifacts/checkpoints/*/ppo/latest.json", 3)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
+    assert proc.wait(timeout=120) == 143  # 128 + SIGTERM
     record = _only_record(tmp_path)
     assert record["status"] == "preempted"
     assert "SIGTERM during ppo" in record["error"] and "re-run the same command" in record["error"]
