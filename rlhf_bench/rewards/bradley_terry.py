@@ -98,20 +98,19 @@ def pair_accuracy(ctx: RunContext, reward, pairs: EncodedPairs, batch_size: int)
 
 
 @torch.no_grad()
-def normalization(ctx: RunContext, model: torch.nn.Module, n: int, seed: int) -> Normalization:
-    """Mean and std of the raw score on responses the SFT policy samples for training prompts."""
+def normalization(ctx: RunContext, reward, n: int, seed: int) -> Normalization:
+    """Mean and std of a reward's raw score on responses the SFT policy samples for ``n`` training
+    prompts; ``reward`` is any ``(ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> [B]``."""
     sft = ctx.load_policy(lora=False).eval()
     generator = torch.Generator().manual_seed(seed)
-    prompts = [
-        ctx.task.train_prompts[int(i)] for i in torch.randint(len(ctx.task.train_prompts), (n,), generator=generator)
-    ]
+    pool = ctx.task.train_prompts
+    prompts = [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=generator)]
     sample_gen = torch.Generator(device=ctx.device).manual_seed(seed)
     scores = []
-    for idx in batches(n, 256, shuffle=False):
-        ids, mask = ctx.pad_prompts(ctx.encode_prompts([prompts[i] for i in idx.tolist()]))
+    for start in range(0, n, 256):
+        ids, mask = ctx.pad_prompts(ctx.encode_prompts(prompts[start : start + 256]))
         response = ctx.sample(sft, ids, mask, temperature=1.0, generator=sample_gen)
-        with ctx.autocast():
-            scores.append(sequence_scores(model, ids, mask, *response).float().cpu())
+        scores.append(reward(ctx, ids, mask, *response).float().cpu())
     scores = torch.cat(scores)
     return Normalization(float(scores.mean()), float(scores.std().clamp(min=1e-6)))
 
@@ -178,7 +177,8 @@ def fit_reward_model(
     ckpt.close()
     model.eval()
     ctx.cost.tokens_trained += tokens
-    norm = normalization(ctx, model, cfg.n_normalization_samples, seed) if cfg.normalize else Normalization()
+    raw = ModelReward(model, Normalization())
+    norm = normalization(ctx, raw, cfg.n_normalization_samples, seed) if cfg.normalize else Normalization()
     model.save_pretrained(out_dir, safe_serialization=True)
     ctx.tokenizer.save_pretrained(out_dir)
     return {**held_out, "steps": len(schedule), "tokens_trained": tokens, "norm_mean": norm.mean, "norm_std": norm.std}

@@ -24,7 +24,7 @@ from omegaconf import MISSING
 from rlhf_bench.config import require, require_choice
 from rlhf_bench.core import models
 from rlhf_bench.core.context import RunContext
-from rlhf_bench.rewards.bradley_terry import RewardModelTooWeak, pair_accuracy
+from rlhf_bench.rewards.bradley_terry import RewardModelTooWeak, normalization, pair_accuracy
 from rlhf_bench.rewards.preferences import load_pairs
 from rlhf_bench.rewards.reward import Normalization, write_spec
 
@@ -179,23 +179,6 @@ def load_pretrained_reward(ctx: RunContext, spec: dict[str, Any]) -> PretrainedR
     model, tokenizer = load_classifier(spec, ctx.device)
     norm = Normalization(spec["norm_mean"], spec["norm_std"])
     return PretrainedReward(model, tokenizer, spec["label_index"], spec["input_format"], spec["batch_size"], norm)
-
-
-@torch.no_grad()
-def normalization(ctx: RunContext, reward: PretrainedReward, n: int, seed: int) -> Normalization:
-    """Mean and std of the raw score on responses the SFT policy samples for ``n`` training prompts."""
-    sft = ctx.load_policy(lora=False).eval()
-    generator = torch.Generator().manual_seed(seed)
-    pool = ctx.task.train_prompts
-    prompts = [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=generator)]
-    sample_gen = torch.Generator(device=ctx.device).manual_seed(seed)
-    scores = []
-    for start in range(0, n, 256):
-        ids, mask = ctx.pad_prompts(ctx.encode_prompts(prompts[start : start + 256]))
-        response = ctx.sample(sft, ids, mask, temperature=1.0, generator=sample_gen)
-        scores.append(reward(ctx, ids, mask, *response).cpu())
-    scores = torch.cat(scores)
-    return Normalization(float(scores.mean()), float(scores.std().clamp(min=1e-6)))
 
 
 def _spec(cfg: PretrainedRewardConfig) -> dict[str, Any]:
