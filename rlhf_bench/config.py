@@ -140,6 +140,12 @@ class ModelConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: memory for compute
     chat_template: bool = False  # format prompts with the tokenizer's chat template (as a user turn)
+    # transformers' attention kernel: null = its default (SDPA where the model supports it), or
+    # sdpa | eager | flash_attention_2 | flex_attention ...
+    attn_implementation: str | None = None
+    # torch.compile the policy's and reference's forward (dynamic shapes: generation grows the
+    # sequence every step). Pays a compile on the first calls; worth it on a GPU for long runs.
+    compile: bool = False
 
 
 @dataclass
@@ -268,12 +274,18 @@ def register_configs() -> None:
     from rlhf_bench.rewards.pretrained import PretrainedRewardConfig
     from rlhf_bench.tasks.arithmetic import ArithmeticTaskConfig
     from rlhf_bench.tasks.sentiment import SentimentTaskConfig
+    from rlhf_bench.tasks.toy import ToyTaskConfig
     from rlhf_bench.tasks.user import UserTaskConfig
 
     cs = ConfigStore.instance()
     cs.store(name="rlhf_bench_schema", node=Config)
     schemas = {
-        "task": {"sentiment": SentimentTaskConfig, "arithmetic": ArithmeticTaskConfig, "user": UserTaskConfig},
+        "task": {
+            "sentiment": SentimentTaskConfig,
+            "arithmetic": ArithmeticTaskConfig,
+            "user": UserTaskConfig,
+            "toy": ToyTaskConfig,
+        },
         "model": {"model": ModelConfig},
         "method": {
             "sft": SFTMethodConfig,

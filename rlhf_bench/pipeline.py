@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from rlhf_bench.config import Config
+from rlhf_bench.config import Config, require
 from rlhf_bench.core import distributed
 from rlhf_bench.core.checkpoint import Preempted, manifest, preemption_handler, verify_manifest
 from rlhf_bench.tracking.record import (
@@ -39,7 +39,7 @@ from rlhf_bench.tracking.record import (
 )
 
 console = Console(stderr=True)
-STAGE_VERSION = 3  # bump when a stage's code changes what it produces
+STAGE_VERSION = 4  # bump when a stage's code changes what it produces
 
 
 def to_plain(obj: Any) -> Any:
@@ -366,6 +366,14 @@ def task_key(task, cfg: Config) -> dict[str, Any]:
     return key
 
 
+def model_key(cfg: Config) -> dict[str, Any]:
+    """What identifies the tiny base model in the stage hashes. LoRA, activation checkpointing,
+    the attention kernel and torch.compile change how a model trains and runs, not the model it
+    starts from, so they are left out (switching them reuses the cached base and SFT)."""
+    how = ("lora", "gradient_checkpointing", "attn_implementation", "compile")
+    return {k: v for k, v in to_plain(cfg.model).items() if k not in how}
+
+
 def base_stage(cfg: Config, tracker, device, dtype):
     """The task and the base model (a hub model by name, or the tiny one built from a config)."""
     from hydra.utils import get_class
@@ -378,9 +386,12 @@ def base_stage(cfg: Config, tracker, device, dtype):
     if cfg.model.name_or_path is None:
 
         def build_base(out: Path, _checkpoints: Path) -> dict[str, Any]:
-            tokenizer = models.train_tokenizer(
-                getattr(task, "tokenizer_texts", task.sft_texts), cfg.model.tiny.vocab_size
-            )
+            if hasattr(task, "build_tokenizer"):  # a task with a fixed vocabulary (the exact toy world)
+                tokenizer = task.build_tokenizer()
+            else:
+                tokenizer = models.train_tokenizer(
+                    getattr(task, "tokenizer_texts", task.sft_texts), cfg.model.tiny.vocab_size
+                )
             model = models.build_tiny_model(cfg.model.tiny, tokenizer, cfg.model.init_seed)
             models.save_pretrained(model, tokenizer, out)
             return {
@@ -388,12 +399,16 @@ def base_stage(cfg: Config, tracker, device, dtype):
                 "vocab_size": len(tokenizer),
             }
 
-        # LoRA and activation checkpointing change how the method trains, not the base model
-        model_key = {k: v for k, v in to_plain(cfg.model).items() if k not in ("lora", "gradient_checkpointing")}
-        key = {"model": model_key, "task": task_key(task, cfg)}
+        key = {"model": model_key(cfg), "task": task_key(task, cfg)}
         base = cached_stage(Path(cfg.paths.artifacts_dir), "base", key, build_base, cfg.checkpoint.verify_artifacts)
         base_path, base_key = str(base.path), base.hash
     else:
+        require(
+            not hasattr(task, "build_tokenizer"),
+            "model.name_or_path",
+            f"must be null for task={cfg.task.name}: the task builds its own tokenizer and tiny model",
+            cfg.model.name_or_path,
+        )
         base_path = cfg.model.name_or_path
         base_key = config_hash({"name_or_path": base_path, "revision": cfg.model.revision})
     tokenizer = models.load_tokenizer(base_path, cfg.model.revision, cfg.model.trust_remote_code)

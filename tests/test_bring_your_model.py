@@ -188,6 +188,36 @@ def test_gradient_checkpointing_gives_the_same_gradients(sft_folders, tiny_lm, l
         torch.testing.assert_close(grads[True][name], grad, atol=1e-6, rtol=1e-5)
 
 
+# --- attention kernel and torch.compile ------------------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_attention_kernel_switch_gives_the_same_logprobs(sft_folders, tiny_lm, arch):
+    _, tok = tiny_lm
+    logps = {}
+    for kernel in ("eager", "sdpa"):
+        ctx = make_ctx(sft_folders[arch], tok, f"model.attn_implementation={kernel}")
+        policy = ctx.load_policy().eval()
+        assert policy.config._attn_implementation == kernel
+        logps[kernel], _ = response_logprobs(policy, *a_batch(ctx))
+    torch.testing.assert_close(logps["sdpa"], logps["eager"], atol=1e-5, rtol=1e-5)
+    # the kernel is how the model runs, not what it is: it does not change the stage hashes
+    keys = [pipeline.model_key(load_config(o)) for o in ([], ["model.attn_implementation=eager", "model.compile=true"])]
+    assert keys[0] == keys[1] and keys[0] != pipeline.model_key(load_config(["model.tiny.n_layer=3"]))
+
+
+@pytest.mark.slow
+def test_compile_switch_compiles_policy_and_reference(sft_folders, tiny_lm):
+    _, tok = tiny_lm
+    plain = make_ctx(sft_folders["gpt2"], tok)
+    compiled = make_ctx(sft_folders["gpt2"], tok, "model.compile=true")
+    batch = a_batch(plain)
+    expected, _ = response_logprobs(plain.load_policy().eval(), *batch)
+    for model in (compiled.load_policy().eval(), compiled.load_reference()):
+        assert model._compiled_call_impl is not None  # nn.Module.compile: in place, same state-dict names
+        assert "transformer.h.0.attn.c_attn.weight" in model.state_dict()
+        got, _ = response_logprobs(model, *batch)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 # --- chat templates -------------------------------------------------------------------------
 def test_chat_template_formats_prompts_only(sft_folders, tiny_lm):
     _, tok = tiny_lm

@@ -59,6 +59,26 @@ class RunContext:
     def max_new_tokens(self) -> int:
         return self.task.max_response_tokens
 
+    def response_token_ids(self) -> list[int] | None:
+        """The only tokens a response may hold, where the task fixes them (``task.response_vocabulary``,
+        one token per symbol: the exact toy world); None elsewhere. With them, EOS is never sampled and
+        every response is exactly ``max_new_tokens`` long."""
+        vocabulary = getattr(self.task, "response_vocabulary", None)
+        if vocabulary is None:
+            return None
+        ids = self.tokenizer.convert_tokens_to_ids(list(vocabulary))
+        if self.tokenizer.unk_token_id in ids or len(set(ids)) != len(ids):
+            raise ConfigError("task", f"{self.task.name} needs its own tokenizer (model.name_or_path=null)")
+        return ids
+
+    def banned_token_ids(self) -> list[int]:
+        """Tokens the sampler never draws: all but ``response_token_ids()`` where the task fixes them,
+        else pad, BOS and UNK (``models.banned_tokens``)."""
+        allowed = self.response_token_ids()
+        if allowed is None:
+            return models.banned_tokens(self.tokenizer)
+        return sorted(set(range(len(self.tokenizer))) - set(allowed))
+
     # --- models -------------------------------------------------------------------------
     def load_policy(self, path: str | None = None, *, lora: bool = True) -> torch.nn.Module:
         """A causal LM to train from ``path`` (default: the SFT checkpoint), on the run's device.
@@ -78,7 +98,7 @@ class RunContext:
         if lora and path is None and m.lora.enabled:
             model = models.add_lora(model, m.lora, m.init_seed)
             self.lora_policy = model
-        return model.to(self.device)
+        return self._compiled(model.to(self.device))
 
     def load_reference(self) -> torch.nn.Module:
         """The frozen SFT policy that KL is measured against.
@@ -91,12 +111,36 @@ class RunContext:
             return models.AdaptersDisabled(self.lora_policy)
         ref = self._load_causal_lm(self.sft_path).to(self.device).eval()
         ref.requires_grad_(False)
-        return ref
+        return self._compiled(ref)
+
+    def _compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model.compile``: torch.compile the module's forward in place (its state dict keeps its names)."""
+        if self.cfg.model.compile:
+            model.compile(dynamic=True)
+        return model
 
     def _load_causal_lm(self, path: str) -> torch.nn.Module:
         m = self.cfg.model
         revision = m.revision if path == m.name_or_path else None  # a hub model as the SFT policy (sft.steps=0)
-        return models.load_causal_lm(path, self.tokenizer, revision=revision, trust_remote_code=m.trust_remote_code)
+        return models.load_causal_lm(
+            path,
+            self.tokenizer,
+            revision=revision,
+            trust_remote_code=m.trust_remote_code,
+            attn_implementation=m.attn_implementation,
+        )
+
+    def load_scalar_model(self, path: str, per_token: bool) -> torch.nn.Module:
+        """A one-output head (reward model: ``per_token`` False; value model: True) on the
+        backbone in ``path``, on the run's device, with the model's loading settings."""
+        m = self.cfg.model
+        return models.load_scalar_model(
+            path,
+            self.tokenizer,
+            per_token=per_token,
+            trust_remote_code=m.trust_remote_code,
+            attn_implementation=m.attn_implementation,
+        ).to(self.device)
 
     def load_reward(self):
         """The reward the method optimises (a reward model, an ensemble, or the gold reward)."""
@@ -191,7 +235,7 @@ class RunContext:
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id,
                 temperature=temperature,
-                banned_token_ids=models.banned_tokens(self.tokenizer),
+                banned_token_ids=self.banned_token_ids(),
                 generator=generator,
             )
         model.train(was_training)

@@ -91,15 +91,37 @@ def _logps(ctx, model, pairs, idx, average, mismatched):
     return out[:n], out[n : 2 * n], (out[2 * n :] if mismatched else None), tokens
 
 
+@torch.no_grad()
+def reference_logps(ctx, ref, pairs, batch_size: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen reference's sequence log-probs of every pair's chosen and rejected response,
+    each [n]: computed once before training instead of once per epoch (the reference never
+    changes and has no dropout, so the values are the same)."""
+    chosen, rejected = [], []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", leave=False):
+        idx = torch.arange(start, min(start + batch_size, len(pairs)))
+        c, r, _, _ = _logps(ctx, ref, pairs, idx, average, mismatched=False)
+        chosen.append(c.float())
+        rejected.append(r.float())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
 def train_on_pairs(
     ctx, cfg: OfflineConfig, loss_fn: LossFn, name: str, reference: bool = True, mismatched: bool = False
 ):
-    """Fine-tune the SFT policy on the preference pairs with ``loss_fn``; return the policy."""
+    """Fine-tune the SFT policy on the preference pairs with ``loss_fn``; return the policy.
+
+    The reference's log-probs of the pairs are computed once up front, except with
+    ``mismatched`` (KTO), whose mismatched pairs depend on the batch: there the reference runs
+    on every batch.
+    """
     from rlhf_bench.rewards.preferences import load_pairs
 
     pairs, _ = load_pairs(ctx, ctx.preferences_path)
     policy = ctx.load_policy().train()
     ref = ctx.load_reference() if reference else None
+    ref_pairs = None
+    if ref is not None and not mismatched:
+        ref_pairs = reference_logps(ctx, ref, pairs, cfg.batch_size, cfg.average_logprobs)
     schedule = epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(ctx.cfg.seed))
     optimizer = make_optimizer(policy.parameters(), cfg.lr)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
@@ -109,7 +131,9 @@ def train_on_pairs(
         idx = distributed.shard(schedule[step][1])
         chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, mismatched)
         logps = PairLogps(chosen, rejected, mismatched=other)
-        if ref is not None:
+        if ref_pairs is not None:
+            logps.ref_chosen, logps.ref_rejected = ref_pairs[0][idx], ref_pairs[1][idx]
+        elif ref is not None:
             with torch.no_grad():
                 logps.ref_chosen, logps.ref_rejected, logps.ref_mismatched, _ = _logps(
                     ctx, ref, pairs, idx, cfg.average_logprobs, mismatched

@@ -15,6 +15,12 @@ opponent, so its KL is 0 and its win rate is 0.5 up to noise.
 Best-of-n has no tractable log pi(y); its KL is the analytic bound log n - (n-1)/n
 (Stiennon et al. 2020, App. G.3; exact for distinct samples), reported as ``kl`` and
 ``kl_analytic``.
+
+On a task whose responses can be enumerated (``task.response_vocabulary``: the ``toy`` task),
+each row also carries the exact values (``exact_kl``, ``exact_gold_reward``,
+``exact_win_rate_vs_sft``, best-of-n included) and the run's place against the exact reward-KL
+frontier (``frontier_reward``, ``regret``, ``above_frontier``); ``frontier`` holds its endpoints.
+See ``evaluation/exact.py``.
 """
 
 from __future__ import annotations
@@ -118,4 +124,11 @@ def evaluate(ctx: RunContext, policy, ref, reward, cfg: EvalConfig, seed: int) -
         )
         if not isinstance(policy, torch.nn.Module):
             result["policy"]["kl_analytic"] = float(policy.analytic_kl)
+    if getattr(ctx.task, "response_vocabulary", None) is not None:  # an enumerable world: exact metrics too
+        from rlhf_bench.evaluation.exact import run_metrics
+
+        exact = run_metrics(ctx, policy, ref, reward, cfg.temperature)
+        result["frontier"] = exact.pop("frontier")
+        for who, values in exact.items():
+            result[who].update(values)
     return result

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import trange
 
 from rlhf_bench.config import require, require_choice
-from rlhf_bench.core import distributed, models
+from rlhf_bench.core import distributed
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
@@ -110,8 +110,8 @@ def load_value_model(ctx: RunContext, init: str, reward) -> torch.nn.Module:
     score, so V starts at the expected reward), or from the SFT policy with a fresh head."""
     member = value_init_member(reward) if init == "reward_model" else None
     if member is None:  # value_init=sft, or a reward with no model (gold)
-        return models.load_scalar_model(ctx.sft_path, ctx.tokenizer, per_token=True).to(ctx.device)
-    value = models.load_scalar_model(member.folder, ctx.tokenizer, per_token=True)
+        return ctx.load_scalar_model(ctx.sft_path, per_token=True)
+    value = ctx.load_scalar_model(member.folder, per_token=True)
     head, rm_head = score_head(value), score_head(member.model)
     with torch.no_grad():
         head.weight.copy_(rm_head.weight / member.norm.std)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import require
-from rlhf_bench.core import distributed, models
+from rlhf_bench.core import distributed
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import sequence_scores
 from rlhf_bench.core.train import (
@@ -134,7 +134,7 @@ def fit_reward_model(
     save it to ``out_dir``; return its held-out accuracies and normalisation. Checkpoints go to
     ``checkpoints`` (resumed from if present)."""
     torch.manual_seed(seed)  # the new head's initialisation
-    model = models.load_scalar_model(ctx.sft_path, ctx.tokenizer, per_token=False).to(ctx.device)
+    model = ctx.load_scalar_model(ctx.sft_path, per_token=False)
     schedule = epoch_batches(len(train_pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(seed))
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))

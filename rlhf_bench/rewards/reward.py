@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from rlhf_bench.core import models
 from rlhf_bench.core.rollout import sequence_scores
 
 REWARD_SPEC = "reward.json"
@@ -111,7 +110,7 @@ def load_reward(ctx, folder: str | Path):
 
 
 def _load_member(ctx, folder: Path, norm: Normalization) -> ModelReward:
-    model = models.load_scalar_model(str(folder), ctx.tokenizer, per_token=False).to(ctx.device).eval()
+    model = ctx.load_scalar_model(str(folder), per_token=False).eval()
     model.requires_grad_(False)
     reward = ModelReward(model, norm)
     reward.folder = str(folder)
