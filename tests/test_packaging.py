@@ -40,6 +40,7 @@ def test_installed_wheel_carries_and_finds_conf(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "rlhf_bench/conf/config.yaml" in names
     assert "rlhf_bench/conf/method/ppo.yaml" in names
+    assert "rlhf_bench/published/adaptive_kl_target.yaml" in names  # the registry of published claims
     target = tmp_path / "site"
     install = subprocess.run(
         [
@@ -62,7 +63,8 @@ def test_installed_wheel_carries_and_finds_conf(tmp_path):
         [
             sys.executable,
             "-c",
-            "from rlhf_bench.cli import conf_dir, load_config; print(conf_dir()); print(load_config([]).method.name)",
+            "from rlhf_bench.cli import conf_dir, load_config; from rlhf_bench.repro.registry import published_dir;"
+            " print(conf_dir()); print(load_config([]).method.name); print(published_dir())",
         ],
         capture_output=True,
         text=True,
@@ -71,6 +73,7 @@ def test_installed_wheel_carries_and_finds_conf(tmp_path):
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
-    found, method = probe.stdout.split()
+    found, method, published = probe.stdout.split()
     assert found == str(target / "rlhf_bench" / "conf")
     assert method == "ppo"
+    assert published == str(target / "rlhf_bench" / "published")

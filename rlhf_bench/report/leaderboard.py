@@ -24,10 +24,14 @@ METRICS = {
     "win_rate_vs_sft": ("metrics", "policy", "win_rate_vs_sft"),
     "sft_gold_reward": ("metrics", "sft", "gold_reward"),
     "rm_accuracy": ("metrics", "reward_model", "accuracy"),
+    # the exact toy world (task=toy): the exact KL and the regret against the exact reward-KL frontier
+    "exact_kl": ("metrics", "policy", "exact_kl"),
+    "regret": ("metrics", "policy", "regret"),
     "tokens_generated": ("cost", "tokens_generated"),
     "wall_seconds": ("cost", "wall_seconds", "total"),
 }
 SHOWN = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+EXACT = ("regret",)  # shown when some row has it (runs on an enumerable task)
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
 _T95 = [
     12.706,
@@ -231,21 +235,49 @@ def add_significance(table_rows: list[dict], alpha: float = 0.05) -> None:
             row["vs_best"] = f"p={p:.3g}" + (" *" if p < alpha else "")
 
 
-def columns(group_by: list[str]) -> list[str]:
-    return ["task", "method", "reward_model", *group_by, "settings", "runs", "seeds", *SHOWN, "vs_best"]
+def shown(table_rows: list[dict]) -> tuple[str, ...]:
+    """The metric columns: SHOWN, and the exact world's regret where some row has it."""
+    return SHOWN + tuple(m for m in EXACT if any(r.get(m) == r.get(m) for r in table_rows))
 
 
-def cells(row: dict, group_by: list[str]) -> list[str]:
+def columns(group_by: list[str], metrics: tuple[str, ...] = SHOWN) -> list[str]:
+    return ["task", "method", "reward_model", *group_by, "settings", "runs", "seeds", *metrics, "vs_best"]
+
+
+def cells(row: dict, group_by: list[str], metrics: tuple[str, ...] = SHOWN) -> list[str]:
     """The displayed cells of a row, in the order of ``columns``."""
     head = [str(row[k]) for k in ("task", "method", "reward_model", *group_by, "settings", "runs", "seeds")]
-    return head + [_fmt(row, m) for m in SHOWN] + [row.get("vs_best", "")]
+    return head + [_fmt(row, m) for m in metrics] + [row.get("vs_best", "")]
 
 
-def to_markdown(table_rows: list[dict], group_by: list[str]) -> str:
-    head = [c if c not in SHOWN else f"{c} (mean ± std)" for c in columns(group_by)]
+def to_markdown(table_rows: list[dict], group_by: list[str], verdicts: list[dict] | None = None) -> str:
+    metrics = shown(table_rows)
+    head = [c if c not in metrics else f"{c} (mean ± std)" for c in columns(group_by, metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells(row, group_by)) + " |" for row in table_rows]
+    lines += ["| " + " | ".join(cells(row, group_by, metrics)) + " |" for row in table_rows]
+    if verdicts:
+        lines += ["", "## Reproductions (rlhf-bench-repro)", "", "| " + " | ".join(VERDICT_COLUMNS) + " |"]
+        lines += ["|" + "---|" * len(VERDICT_COLUMNS)]
+        lines += ["| " + " | ".join(verdict_cells(v)) + " |" for v in verdicts]
     return "\n".join(lines) + "\n"
+
+
+VERDICT_COLUMNS = ("reproduction", "claim", "paper", "checks passed", "verdict", "budget", "runs", "date")
+
+
+def verdict_cells(verdict: dict) -> list[str]:
+    """A reproduction's latest verdict (``<results_dir>/repro/<name>/*.json``) as table cells."""
+    checks = verdict.get("checks", [])
+    return [
+        verdict["name"],
+        verdict.get("title", ""),
+        f"{verdict.get('paper', '')}, {verdict.get('source', '')}",
+        f"{sum(c['passed'] for c in checks)}/{len(checks)}",
+        verdict["verdict"],
+        "quick" if verdict.get("quick") else "full",
+        str(len(verdict.get("runs", []))),
+        verdict.get("created", "")[:10],
+    ]
 
 
 def to_csv(table_rows: list[dict], path: Path) -> None:
@@ -261,12 +293,20 @@ def to_csv(table_rows: list[dict], path: Path) -> None:
         writer.writerows(table_rows)
 
 
-def to_html(table_rows: list[dict], group_by: list[str], title: str) -> str:
+def to_html(table_rows: list[dict], group_by: list[str], title: str, verdicts: list[dict] | None = None) -> str:
     """A self-contained HTML page (inline CSS, no scripts) with the leaderboard."""
     from html import escape
 
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns(group_by))
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells(r, group_by)) + "</tr>" for r in table_rows)
+    metrics = shown(table_rows)
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns(group_by, metrics))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells(r, group_by, metrics)) + "</tr>" for r in table_rows
+    )
+    repro = ""
+    if verdicts:
+        vhead = "".join(f"<th>{escape(c)}</th>" for c in VERDICT_COLUMNS)
+        vbody = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in verdict_cells(v)) + "</tr>" for v in verdicts)
+        repro = f"<h2>Reproductions</h2><table><tr>{vhead}</tr>{vbody}</table>"
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}th{background:#eee}"
@@ -275,7 +315,7 @@ def to_html(table_rows: list[dict], group_by: list[str], title: str) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{style}</style>"
         f"</head><body><h1>{escape(title)}</h1><p>mean ± std over runs; vs_best: Welch's t-test of gold reward "
-        f"against the best row of the task (* p &lt; 0.05)</p><table><tr>{head}</tr>{body}</table></body></html>\n"
+        f"against the best row of the task (* p &lt; 0.05)</p><table><tr>{head}</tr>{body}</table>{repro}</body></html>\n"
     )
 
 
@@ -321,25 +361,36 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table_rows = rows(keep, args.group_by)
     add_significance(table_rows)
+    metrics = shown(table_rows)
     table = Table(
         title=f"leaderboard: {len(keep)} finished runs in {args.results_dir}",
         caption="mean ± std over runs; sorted by gold reward",
     )
-    for col in columns(args.group_by):
-        table.add_column(col, justify="right" if col in (*SHOWN, "runs", "seeds") else "left")
+    for col in columns(args.group_by, metrics):
+        table.add_column(col, justify="right" if col in (*metrics, "runs", "seeds") else "left")
     for row in table_rows:
-        table.add_row(*cells(row, args.group_by))
+        table.add_row(*cells(row, args.group_by, metrics))
     console.print(table)
+    from rlhf_bench.repro.session import latest_verdicts
+
+    verdicts = latest_verdicts(Path(args.results_dir))
+    if verdicts:
+        vtable = Table(title="reproductions: the latest verdict of each (rlhf-bench-repro)")
+        for col in VERDICT_COLUMNS:
+            vtable.add_column(col)
+        for v in verdicts:
+            vtable.add_row(*verdict_cells(v))
+        console.print(vtable)
     if others:
         console.print(f"[yellow]{len(others)} runs not finished (not averaged):[/yellow]")
         for r in others:
             console.print(f"  {r.get('run_id')}: {r.get('status')} {r.get('error') or ''}", highlight=False)
     stem = Path(args.out) if args.out else Path(args.results_dir) / "leaderboard"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text(to_markdown(table_rows, args.group_by))
+    stem.with_suffix(".md").write_text(to_markdown(table_rows, args.group_by, verdicts))
     to_csv(table_rows, stem.with_suffix(".csv"))
     stem.with_suffix(".html").write_text(
-        to_html(table_rows, args.group_by, f"rlhf-bench leaderboard ({args.results_dir})")
+        to_html(table_rows, args.group_by, f"rlhf-bench leaderboard ({args.results_dir})", verdicts)
     )
     written = [stem.with_suffix(s) for s in (".md", ".csv", ".html")]
     if not args.no_plots and keep:
@@ -366,7 +417,9 @@ def log_wandb_table(table_rows: list[dict], group_by: list[str], results_dir: Pa
         mode=mode,
         settings=wandb.Settings(console="off", silent=True),
     )
-    run.log({"leaderboard": wandb.Table(columns=columns(group_by), data=[cells(r, group_by) for r in table_rows])})
+    metrics = shown(table_rows)
+    table = wandb.Table(columns=columns(group_by, metrics), data=[cells(r, group_by, metrics) for r in table_rows])
+    run.log({"leaderboard": table})
     run.finish()
 
 
