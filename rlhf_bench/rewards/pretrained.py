@@ -89,14 +89,21 @@ class PretrainedReward:
 
     @torch.no_grad()
     def raw_scores(
-        self, prompts: list[str], responses: list[str], device, autocast=contextlib.nullcontext
+        self,
+        prompts: list[str],
+        responses: list[str],
+        device,
+        autocast=contextlib.nullcontext,
+        probability: bool = False,
     ) -> torch.Tensor:
-        """[N] logit ``label_index`` of each (prompt, response), in batches, on ``device``."""
+        """[N] logit ``label_index`` of each (prompt, response), in batches, on ``device``; with
+        ``probability``, that label's softmax probability over the classifier's labels instead."""
         out = []
         for i in range(0, len(prompts), self.batch_size):
             batch = self._tokenize(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]).to(device)
             with autocast():
-                out.append(self.model(**batch).logits[:, self.label_index].float())
+                logits = self.model(**batch).logits.float()
+            out.append(logits.softmax(-1)[:, self.label_index] if probability else logits[:, self.label_index])
         return torch.cat(out)
 
     def _tokenize(self, prompts: list[str], responses: list[str]):
@@ -156,9 +163,20 @@ def load_classifier(spec: dict[str, Any], device: torch.device) -> tuple[torch.n
 
 class ClassifierJudge:
     """A sequence classifier as the gold judge of a user task (``task.gold_model``): raw logit
-    ``label_index`` of each (prompt, response), text in and numbers out like a reward function."""
+    ``label_index`` of each (prompt, response) (``output="probability"``: its softmax probability,
+    e.g. p(positive) as DPO's IMDb experiment labels pairs), text in and numbers out like a reward
+    function."""
 
-    def __init__(self, name_or_path: str, label_index: int, input_format: str = "concat", batch_size: int = 32):
+    def __init__(
+        self,
+        name_or_path: str,
+        label_index: int,
+        input_format: str = "concat",
+        batch_size: int = 32,
+        output: str = "logit",
+    ):
+        require_choice(output, ("logit", "probability"), "task.gold_model_output")
+        self.probability = output == "probability"
         spec = dict(
             name_or_path=name_or_path,
             revision=None,
@@ -171,7 +189,8 @@ class ClassifierJudge:
         self.reward = PretrainedReward(model, tokenizer, label_index, input_format, batch_size, Normalization())
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        return self.reward.raw_scores(list(prompts), list(responses), self.device).cpu().tolist()
+        scores = self.reward.raw_scores(list(prompts), list(responses), self.device, probability=self.probability)
+        return scores.cpu().tolist()
 
 
 def load_pretrained_reward(ctx: RunContext, spec: dict[str, Any]) -> PretrainedReward:

@@ -7,11 +7,18 @@ Every row is checked against the fields its kind of data needs:
     sft          {"prompt": str, "completion": str}
     preferences  {"prompt": str, "chosen": str, "rejected": str} + optional "margin" (number)
                  or "strength" (int 0..3, the annotator's stated preference strength)
+
+A data set whose records are not in these fields (token ids, nested fields, a prompt template to
+fill in, one record holding several pairs) is read through a formatter: a function
+``formatter(record, kind) -> row | list of rows | None`` (None skips the record), called on every
+raw record instead of the column mapping (``task.formatter``; ``rlhf_bench/tasks/formats.py`` has
+the ones of the published setups).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,24 +102,53 @@ def load_jsonl(path: str, kind: str, key: str) -> list[dict[str, Any]]:
     return check_rows(rows, kind, str(path), lambda i: lines[i])
 
 
+# A data set given as one data file (a local path or an ``hf://datasets/<repo>/<file>`` URL) is
+# read by the `datasets` builder for its format; its one split is "train".
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+Formatter = Callable[[dict[str, Any], str], "dict[str, Any] | list[dict[str, Any]] | None"]
+
+
+def _open_split(dataset: str, split: str, config_name: str | None):
+    """One split of a data set: a ``save_to_disk`` folder, a data file, or a hub name."""
+    import datasets
+
+    folder = Path(dataset)
+    if folder.is_dir() and ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
+        loaded = datasets.load_from_disk(str(folder))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    builder = DATA_FILE_BUILDERS.get(Path(dataset).suffix.lower())
+    if builder is not None:
+        if "://" not in dataset and not folder.is_file():
+            raise FileNotFoundError(f"no such data file {folder.resolve()}")
+        return datasets.load_dataset(builder, data_files=dataset, split=split)
+    return datasets.load_dataset(dataset, config_name, split=split)
+
+
 def load_hf_split(
-    dataset: str, split: str, kind: str, columns: dict[str, str], config_name: str | None = None
+    dataset: str,
+    split: str,
+    kind: str,
+    columns: dict[str, str],
+    config_name: str | None = None,
+    formatter: Formatter | None = None,
+    formatter_name: str = "the formatter",
 ) -> list[dict[str, Any]]:
-    """Rows of ``kind`` from a Hugging Face data set (a hub name, or a local folder written by
-    ``save_to_disk``), with ``columns`` mapping our field names to the data set's columns."""
+    """Rows of ``kind`` from a Hugging Face data set (a hub name, a local folder written by
+    ``save_to_disk``, or one data file), with ``columns`` mapping our field names to the data set's
+    columns; or, with ``formatter``, the rows it makes of each raw record."""
     try:
-        import datasets
+        import datasets  # noqa: F401
     except ImportError:
         raise DataError("task.format=datasets needs the `datasets` package: pip install datasets") from None
-    folder = Path(dataset)
     try:
-        if folder.is_dir() and ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
-            loaded = datasets.load_from_disk(str(folder))
-            data = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        else:
-            data = datasets.load_dataset(dataset, config_name, split=split)
+        data = _open_split(dataset, split, config_name)
     except (KeyError, ValueError, FileNotFoundError, ConnectionError) as exc:
         raise DataError(f"data set {dataset!r} split {split!r} could not be loaded: {exc}") from None
+    source = f"data set {dataset!r} split {split!r} row"
+    if formatter is not None:
+        rows = _formatted(data, kind, formatter, formatter_name, source)
+        return check_rows(rows, kind, f"data set {dataset!r} split {split!r}, {formatter_name}'s row")
     wanted = FIELDS[kind] + OPTIONAL_NUMBERS
     mapping = {ours: columns.get(ours, ours) for ours in wanted}
     missing = [col for ours, col in mapping.items() if ours in FIELDS[kind] and col not in data.column_names]
@@ -125,4 +161,29 @@ def load_hf_split(
         {ours: record[col] for ours, col in mapping.items() if col in record and record[col] is not None}
         for record in data
     ]
-    return check_rows(rows, kind, f"data set {dataset!r} split {split!r} row")
+    return check_rows(rows, kind, source)
+
+
+def _formatted(data, kind: str, formatter: Formatter, name: str, source: str) -> list[dict[str, Any]]:
+    """``formatter(record, kind)`` of every record, flattened; an error names the record."""
+    rows: list[dict[str, Any]] = []
+    for number, record in enumerate(data, start=1):
+        try:
+            out = formatter(record, kind)
+        except DataError as exc:
+            raise DataError(f"{source} {number}: {exc}") from None
+        except Exception as exc:
+            raise DataError(
+                f"{source} {number}: {name} raised {type(exc).__name__}: {exc} "
+                f"(columns of the record: {', '.join(record)})"
+            ) from exc
+        if out is None:
+            continue
+        for row in out if isinstance(out, list) else [out]:
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{source} {number}: {name} must return a dict of fields, a list of them or None, "
+                    f"got {type(row).__name__}"
+                )
+            rows.append(row)
+    return rows

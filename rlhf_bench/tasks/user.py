@@ -11,19 +11,24 @@ What each part is for:
   eval_preferences    held-out pairs (default: the last ``eval_fraction`` of preferences)
   gold_reward         the judge of evaluation: ``package.module:function`` or ``file.py:function``
 
-For ``format=datasets`` each of these names a split of ``dataset`` (a hub name, or a local
-folder written by ``datasets``' ``save_to_disk``), and ``columns`` maps our field names to the
-data set's column names.
+For ``format=datasets`` each of these names a split of ``dataset`` (a hub name, a local folder
+written by ``datasets``' ``save_to_disk``, or one data file: a local path or an
+``hf://datasets/...`` URL ending in .json/.jsonl/.parquet/.csv), and ``columns`` maps our field
+names to the data set's column names. Preference pairs may come from another data set
+(``preference_dataset``). Records that need more than renaming (token ids to decode, a prompt
+template, one record holding several pairs) go through ``formatter``, a function
+``(record, kind, **formatter_args) -> row | list of rows | None`` used instead of ``columns``.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any
 
 from rlhf_bench.config import require, require_choice
-from rlhf_bench.rewards.function import call_reward, check_target
+from rlhf_bench.rewards.function import call_reward, check_target, load_callable
 from rlhf_bench.tasks.data import DataError, load_hf_split, load_jsonl
 
 
@@ -46,7 +51,14 @@ class UserTaskConfig:
     format: str = "jsonl"  # jsonl: the keys below are file paths | datasets: they are split names
     dataset: str | None = None  # format=datasets: a hub name or a local data set folder
     dataset_config: str | None = None  # format=datasets: the data set's configuration name, if any
+    # format=datasets: the data set of preferences / eval_preferences when not `dataset`
+    preference_dataset: str | None = None
+    preference_dataset_config: str | None = None
     columns: Columns = field(default_factory=Columns)
+    # format=datasets: package.module:function (or file.py:function) making rows of each raw record,
+    # called as formatter(record, kind, **formatter_args); replaces `columns` (tasks/formats.py)
+    formatter: str | None = None
+    formatter_args: dict[str, Any] = field(default_factory=dict)
     prompts: str | None = None
     eval_prompts: str | None = None
     sft: str | None = None
@@ -56,6 +68,7 @@ class UserTaskConfig:
     gold_reward: str | None = None
     gold_model: str | None = None  # or a sequence classifier (hub name or folder) as the judge
     gold_model_label: int = 0  # its logit that is the judge's score
+    gold_model_output: str = "logit"  # logit | probability (softmax over its labels) of gold_model_label
     max_response_tokens: int = 32
     split_seed: int = 0
 
@@ -65,6 +78,12 @@ class UserTaskConfig:
         require_choice(self.format, ("jsonl", "datasets"), "task.format")
         if self.format == "datasets":
             require(bool(self.dataset), "task.dataset", "must name a data set (hub name or local folder)")
+        else:
+            for key in ("preference_dataset", "formatter"):
+                require(getattr(self, key) is None, f"task.{key}", "needs task.format=datasets (task=hf_dataset)")
+        if self.formatter is not None:
+            check_target(self.formatter, "task.formatter")
+        require_choice(self.gold_model_output, ("logit", "probability"), "task.gold_model_output")
         require(
             bool(self.prompts or self.preferences),
             "task.prompts",
@@ -130,9 +149,18 @@ class UserTask:
         source = getattr(self.cfg, key)
         if source is None:
             return None
-        if self.cfg.format == "jsonl":
+        cfg = self.cfg
+        if cfg.format == "jsonl":
             return load_jsonl(source, kind, f"task.{key}")
-        return load_hf_split(self.cfg.dataset, source, kind, vars(self.cfg.columns), self.cfg.dataset_config)
+        dataset, config_name = cfg.dataset, cfg.dataset_config
+        if kind == "preferences" and cfg.preference_dataset is not None:
+            dataset, config_name = cfg.preference_dataset, cfg.preference_dataset_config
+        formatter = None
+        if cfg.formatter is not None:
+            formatter = partial(load_callable(cfg.formatter, "task.formatter"), **cfg.formatter_args)
+        return load_hf_split(
+            dataset, source, kind, vars(cfg.columns), config_name, formatter, f"formatter {cfg.formatter}"
+        )
 
     def _hold_out(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
         """A seeded split: (train rows, the held-out ``eval_fraction``)."""
@@ -169,12 +197,13 @@ class UserTask:
 
     def gold_reward(self, prompts: list[str], responses: list[str]) -> list[float]:
         if self.cfg.gold_model is not None:
-            return _judge(self.cfg.gold_model, self.cfg.gold_model_label)(prompts, responses)
+            judge = _judge(self.cfg.gold_model, self.cfg.gold_model_label, self.cfg.gold_model_output)
+            return judge(prompts, responses)
         return call_reward(self.cfg.gold_reward, "task.gold_reward", prompts, responses)
 
 
 @lru_cache(maxsize=2)
-def _judge(name_or_path: str, label_index: int):
+def _judge(name_or_path: str, label_index: int, output: str = "logit"):
     from rlhf_bench.rewards.pretrained import ClassifierJudge
 
-    return ClassifierJudge(name_or_path, label_index)
+    return ClassifierJudge(name_or_path, label_index, output=output)
