@@ -413,3 +413,18 @@ def test_judge_probability_is_the_softmax_of_its_labels(stand_ins, tok):
             for p, r in zip(prompts, responses)
         ]
     assert probability == pytest.approx(expected, abs=1e-5)
+
+
+def test_registry_holds_the_full_scale_setups():
+    from rlhf_bench.cli import conf_dir
+    from rlhf_bench.repro.registry import load_claims
+
+    claims = load_claims()
+    for name in EXPERIMENTS:
+        claim = claims[name]
+        assert claim.needs == "gpu+hub" and claim.runner == "rlhf_bench.repro.runners:published_values"
+        assert claim.experiments == [name] and (conf_dir() / "experiment" / f"{name}.yaml").is_file()
+        for row in claim.reference_rows:
+            assert row["source"] and row["setup"]
+            if "metric" in row:  # compared by the runner: a dotted path into the record, and a tolerance
+                assert row["metric"].startswith("metrics.") and set(row["tolerance"]) <= {"atol", "rtol"}
