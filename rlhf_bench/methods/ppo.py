@@ -40,6 +40,7 @@ from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
 from rlhf_bench.core.ops import gae, last_token_index, masked_mean, masked_whiten
 from rlhf_bench.core.rollout import Rollout, response_logprobs, response_values, score_head
 from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step
+from rlhf_bench.evaluation.periodic import PeriodicEval
 from rlhf_bench.rewards.reward import value_init_member
 
 
@@ -68,6 +69,7 @@ class PPOConfig:
     non_eos_penalty: float | None = None  # score given to responses without EOS (Huang et al. 2024 use -1)
     max_grad_norm: float = 1.0
     value_init: str = "reward_model"  # reward_model | sft
+    eval_every: int = 0  # evaluate on held-out prompts every k steps (0: never): curves along training
 
     def __post_init__(self) -> None:
         require(self.steps >= 0, "method.steps", "must be >= 0", self.steps)
@@ -90,6 +92,7 @@ class PPOConfig:
         )
         require_choice(self.kl_estimator, KL_ESTIMATORS, "method.kl_estimator")
         require_choice(self.value_init, ("reward_model", "sft"), "method.value_init")
+        require(self.eval_every >= 0, "method.eval_every", "must be >= 0", self.eval_every)
         require(0 <= self.lam <= 1 and 0 <= self.gamma <= 1, "method.gamma/lam", "must be in [0, 1]")
 
     def conventions(self) -> dict:
@@ -217,6 +220,10 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
     )
     kl_ctl.value = saved.get("kl_coef", kl_ctl.value)
     start = saved.get("step", 0)
+    # every process evaluates (the same samples): sharded models need all of them in each forward
+    probe = PeriodicEval(ctx, ref, reward) if cfg.eval_every else None
+    if probe is not None and start == 0:  # the curve starts at the SFT policy
+        ctx.tracker.log("ppo_eval", {"train/ppo_step": 0, **probe(policy)})
     for step in trange(start, cfg.steps, desc="PPO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
         prompts = ctx.sample_prompts(cfg.batch_size, prompt_gen)
         data = rollout(ctx, cfg, policy, ref, reward, value, prompts, kl_ctl.value, sample_gen)
@@ -239,6 +246,8 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
             },
         )
         kl_ctl.update(distributed.mean(mean_kl), cfg.batch_size)  # every process keeps the same coefficient
+        if probe is not None and (step + 1) % cfg.eval_every == 0:
+            ctx.tracker.log("ppo_eval", {"train/ppo_step": step + 1, **probe(policy)})
         ckpt.step_done(step + 1, force=step + 1 == cfg.steps, kl_coef=kl_ctl.value)
     ckpt.close()
     return policy
