@@ -469,10 +469,12 @@ def preparation_stages(ctx) -> dict[str, Any]:
         ctx.preferences_path = str(prefs.path)
     with ctx.cost.timed("reward_model"):
         train_rm = get_method(cfg.reward_model._target_)
+        reward_backbone_stage(ctx, data_key)
         key = {
             "preferences": prefs.hash,
             "sft": ctx.stage_keys["sft"],
-            "reward_model": to_plain(cfg.reward_model),
+            "reward_model": rm_key(cfg.reward_model),
+            **({"backbone": ctx.stage_keys["reward_backbone"]} if ctx.reward_backbone_path else {}),
         }
         rm = cached_stage(
             artifacts_dir,
@@ -490,6 +492,63 @@ def preparation_stages(ctx) -> dict[str, Any]:
         + (" (cached)" if rm.cached else "")
     )
     return rm.info
+
+
+def rm_key(rm_cfg) -> dict[str, Any]:
+    """The reward model's config in its stage hash; without a backbone of its own, as before the
+    option existed (the hashes of existing reward models stay the same)."""
+    key = to_plain(rm_cfg)
+    if key.get("backbone", {}).get("n_layer", 1) == 0:
+        del key["backbone"]
+    return key
+
+
+def reward_backbone_stage(ctx, data_key: dict[str, Any]) -> None:
+    """A reward model's own backbone (``reward_model.backbone``): the policy's tiny architecture and
+    tokenizer at that size, SFT-trained like the policy (two cached stages: ``base`` and
+    ``reward_backbone``); sets ``ctx.reward_backbone_path``. Without it the head goes on the SFT policy."""
+    from rlhf_bench.core import models
+    from rlhf_bench.methods.sft import train_sft
+
+    cfg, backbone = ctx.cfg, getattr(ctx.cfg.reward_model, "backbone", None)
+    if backbone is None or not backbone.enabled:
+        return
+    size = f"{backbone.n_layer} layers x {backbone.d_model}"
+    require(
+        cfg.model.name_or_path is None,
+        "reward_model.backbone",
+        "needs the tiny policy model (model.name_or_path=null)",
+        size,
+    )
+    require(
+        cfg.sft.steps > 0,
+        "reward_model.backbone",
+        "needs sft.steps > 0 (the backbone is SFT-trained like the policy)",
+        size,
+    )
+    tiny = dataclasses.replace(
+        cfg.model.tiny, n_layer=backbone.n_layer, d_model=backbone.d_model, n_head=backbone.n_head
+    )
+    artifacts_dir, verify = Path(cfg.paths.artifacts_dir), cfg.checkpoint.verify_artifacts
+
+    def build_base(out: Path, _checkpoints: Path) -> dict[str, Any]:
+        model = models.build_tiny_model(tiny, ctx.tokenizer, cfg.model.init_seed)
+        models.save_pretrained(model, ctx.tokenizer, out)
+        return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(ctx.tokenizer)}
+
+    base_key = {"model": to_plain(tiny), "init_seed": cfg.model.init_seed, "tokenizer_of": ctx.stage_keys["base"]}
+    base = cached_stage(artifacts_dir, "base", base_key, build_base, verify)
+    key = {"base": base.hash, "task": data_key, "sft": to_plain(cfg.sft)}
+    sft = cached_stage(
+        artifacts_dir,
+        "reward_backbone",
+        key,
+        lambda out, ckpt: train_sft(ctx, cfg.sft, str(base.path), out, ckpt, label="reward_backbone"),
+        verify,
+        parallel=True,
+    )
+    ctx.reward_backbone_path, ctx.stage_keys["reward_backbone"] = str(sft.path), sft.hash
+    ctx.artifacts["reward_backbone"] = _artifact(sft)
 
 
 def train_policy(ctx):

@@ -35,6 +35,7 @@ class RunContext:
     sft_path: str | None = None
     preferences_path: str | None = None
     reward_model_path: str | None = None
+    reward_backbone_path: str | None = None  # a reward model's own backbone (reward_model.backbone), else None
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_keys: dict[str, str] = field(default_factory=dict)  # content hash of each stage's output
     checkpoint_dir: Path | None = None  # the run's own checkpoints (the method's training loop)

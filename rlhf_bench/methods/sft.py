@@ -60,10 +60,16 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
 
 
 def train_sft(
-    ctx: RunContext, cfg: SFTConfig, base_path: str, out_dir: Path, checkpoints: Path | None = None
+    ctx: RunContext,
+    cfg: SFTConfig,
+    base_path: str,
+    out_dir: Path,
+    checkpoints: Path | None = None,
+    label: str = "sft",
 ) -> dict[str, float]:
     """Fine-tune the model at ``base_path`` on ``ctx.task.sft_texts``; save it to ``out_dir``
-    (resuming from the last checkpoint in ``checkpoints`` if there is one)."""
+    (resuming from the last checkpoint in ``checkpoints`` if there is one). ``label`` names the
+    loop in the history and checkpoints (a reward model's own backbone is ``reward_backbone``)."""
     tokenizer = ctx.tokenizer
     model = ctx.load_policy(base_path).train()
     max_length = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
@@ -80,11 +86,16 @@ def train_sft(
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, cfg.steps, final_fraction=0.1)
     generator = torch.Generator().manual_seed(cfg.seed)
-    ckpt = ctx.checkpointer("sft", checkpoints)
+    ckpt = ctx.checkpointer(label, checkpoints)
     saved = ckpt.restore({"model": model}, optimizer, scheduler, {"data": generator})
     start, tokens, loss_value = saved.get("step", 0), saved.get("tokens", 0), saved.get("loss", float("nan"))
     for step in tqdm(
-        range(start, cfg.steps), desc="SFT", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps
+        range(start, cfg.steps),
+        desc="SFT" if label == "sft" else label,
+        unit="step",
+        dynamic_ncols=True,
+        initial=start,
+        total=cfg.steps,
     ):
         index = distributed.shard(torch.randint(len(data), (cfg.batch_size,), generator=generator))
         batch = [data[i] for i in index]
@@ -99,7 +110,7 @@ def train_sft(
         loss_value = loss.item()
         if step % 10 == 0 or step == cfg.steps - 1:
             ctx.tracker.log(
-                "sft",
+                label,
                 {
                     "train/sft_step": step,
                     "train/sft_loss": loss_value,

@@ -14,7 +14,7 @@ and in how many models they fit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,33 @@ from rlhf_bench.rewards.reward import ModelReward, Normalization, write_spec
 
 
 @dataclass
+class BackboneConfig:
+    """A reward model with a backbone of its own size (Gao et al. 2022 vary the proxy's size apart
+    from the policy's): the policy's tiny architecture and tokenizer at ``n_layer`` x ``d_model``,
+    SFT-trained on the same demonstrations with the same ``sft`` settings (a cached stage of its
+    own), then given the scalar head. ``n_layer: 0`` (the default) puts the head on the SFT
+    policy's own backbone, as InstructGPT does."""
+
+    n_layer: int = 0  # 0: no backbone of its own
+    d_model: int = 64
+    n_head: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return self.n_layer > 0
+
+    def __post_init__(self) -> None:
+        require(self.n_layer >= 0, "reward_model.backbone.n_layer", "must be >= 0 (0: the SFT policy's)", self.n_layer)
+        require(self.n_head >= 1, "reward_model.backbone.n_head", "must be >= 1", self.n_head)
+        require(
+            self.d_model >= 1 and self.d_model % self.n_head == 0,
+            "reward_model.backbone.d_model",
+            f"must be a positive multiple of reward_model.backbone.n_head={self.n_head}",
+            self.d_model,
+        )
+
+
+@dataclass
 class BradleyTerryConfig:
     _target_: str = "rlhf_bench.rewards.bradley_terry.train"
     name: str = "bradley_terry"
@@ -51,6 +78,7 @@ class BradleyTerryConfig:
     n_normalization_samples: int = 512
     min_gold_accuracy: float = 0.55  # stop the run if the RM agrees with the gold ordering less often
     seed: int = 0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # n_layer 0: the SFT policy's backbone
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "reward_model.epochs", "must be >= 1", self.epochs)
@@ -134,7 +162,7 @@ def fit_reward_model(
     save it to ``out_dir``; return its held-out accuracies and normalisation. Checkpoints go to
     ``checkpoints`` (resumed from if present)."""
     torch.manual_seed(seed)  # the new head's initialisation
-    model = ctx.load_scalar_model(ctx.sft_path, per_token=False)
+    model = ctx.load_scalar_model(ctx.reward_backbone_path or ctx.sft_path, per_token=False)
     schedule = epoch_batches(len(train_pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(seed))
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
