@@ -12,6 +12,7 @@ into place, so concurrent workers build it once and nothing half-written is ever
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -142,7 +143,8 @@ def _cached_stage_together(root, digest, stage, key, build, verify, parallel: bo
         if found is not None:
             return StageResult(final, digest, True, found)
         if distributed.is_main():
-            info = _build_stage(root, digest, stage, key, build)
+            with contextlib.nullcontext() if parallel else distributed.whole_models():  # alone: nothing sharded
+                info = _build_stage(root, digest, stage, key, build)
         elif parallel:  # train along; what this process writes is discarded
             scratch = root / f".{digest}.rank{distributed.rank()}-{os.getpid()}"
             scratch.mkdir(parents=True, exist_ok=True)
@@ -250,7 +252,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     from rlhf_bench.tracking.wandb_run import Tracker
 
     models.quiet_transformers()
-    distributed.setup(resolve_device(cfg.device))
+    distributed.setup(resolve_device(cfg.device), cfg.parallel.strategy)
     if not distributed.is_main():
         return run_worker(cfg)
     results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)
@@ -558,6 +560,7 @@ def train_policy(ctx):
 
     with ctx.cost.timed("policy"):
         policy = get_method(ctx.cfg.method._target_)(ctx, ctx.cfg.method)
+        policy = ctx.whole(policy)  # fsdp: gathered whole to the main process, which evaluates it alone
     cost = ctx.cost
     cost.tokens_generated = distributed.total(cost.tokens_generated)
     cost.tokens_trained = distributed.total(cost.tokens_trained)
@@ -596,7 +599,8 @@ def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[s
     cfg = ctx.cfg
     policy = train_policy(ctx)
     with ctx.cost.timed("eval"):
-        ref, reward = ctx.load_reference(), ctx.load_reward()
+        with distributed.whole_models():  # the main process alone
+            ref, reward = ctx.load_reference(), ctx.load_reward()
         metrics = evaluate(ctx, policy, ref, reward, cfg.eval, cfg.seed)
     metrics["reward_model"] = {
         "accuracy": rm_info["accuracy"],

@@ -144,6 +144,10 @@ def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _sharded_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    return any(distributed.is_sharded_tensor(p) for group in optimizer.param_groups for p in group["params"])
+
+
 class Checkpointer:
     """Checkpoints of one training loop in ``folder`` (None: never checkpoint, never resume)."""
 
@@ -170,15 +174,21 @@ class Checkpointer:
         found = self._latest()
         if found is None:
             return {}
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file, load_model
 
         step_dir, meta = found
         for name, module in modules.items():
-            load_model(module, str(step_dir / f"{name}.safetensors"), device=str(self.ctx.device))
+            weights = str(step_dir / f"{name}.safetensors")
+            if distributed.is_sharded(module):  # every process reads the whole file and keeps its shard
+                distributed.load_full_state_dict(module, load_file(weights, device=str(self.ctx.device)))
+            else:
+                load_model(module, weights, device=str(self.ctx.device))
         tensors = torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True)
         own = step_dir / f"rng-rank{distributed.rank()}.pt"  # another process count: the main's
         rng = torch.load(own if own.is_file() else step_dir / "rng-rank0.pt", map_location="cpu", weights_only=True)
-        if optimizer is not None:
+        if optimizer is not None and _sharded_optimizer(optimizer):
+            distributed.load_full_optimizer_state(optimizer, tensors["optimizer"])
+        elif optimizer is not None:
             optimizer.load_state_dict(tensors["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(tensors["scheduler"])
@@ -239,10 +249,25 @@ class Checkpointer:
     def save(self, step: int, **extra: Any) -> Path:
         """Write the checkpoint of ``step`` steps. With several processes, each writes its own
         random state (``rng-rank<r>.pt``); the main process writes the rest (the weights and
-        optimizer are the same on every process) and publishes it."""
-        from safetensors.torch import save_model
+        optimizer are the same on every process) and publishes it.
+
+        Sharded models (fsdp) and their optimizer state are gathered whole to the main process
+        first, so that the files hold what a 1-process or ddp run's hold (of tied weights, the name
+        ``save_pretrained`` keeps): a checkpoint resumes under any strategy and process count."""
+        from safetensors.torch import save_file, save_model
 
         objects = self._objects
+        whole = {  # collective: every process takes part in gathering each sharded model
+            name: distributed.full_state_dict(module, tied=False)
+            for name, module in objects["modules"].items()
+            if distributed.is_sharded(module)
+        }
+        optimizer = objects["optimizer"]
+        optimizer_state = None
+        if optimizer is not None:
+            optimizer_state = (
+                distributed.full_optimizer_state(optimizer) if _sharded_optimizer(optimizer) else optimizer.state_dict()
+            )
         name = f"step-{step:08d}"
         tmp, final = self.folder / f".tmp-{name}", self.folder / name
         if distributed.is_main():
@@ -254,10 +279,17 @@ class Checkpointer:
         distributed.barrier()
         if distributed.is_main():
             for module_name, module in objects["modules"].items():
-                save_model(module, str(tmp / f"{module_name}.safetensors"))
+                if module_name in whole:
+                    save_file(
+                        {k: v.contiguous() for k, v in whole[module_name].items()},
+                        str(tmp / f"{module_name}.safetensors"),
+                        metadata={"format": "pt"},
+                    )
+                else:
+                    save_model(module, str(tmp / f"{module_name}.safetensors"))
             torch.save(
                 {
-                    "optimizer": objects["optimizer"].state_dict() if objects["optimizer"] is not None else None,
+                    "optimizer": optimizer_state,
                     "scheduler": objects["scheduler"].state_dict() if objects["scheduler"] is not None else None,
                 },
                 tmp / "state.pt",

@@ -7,6 +7,7 @@ for a hub model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ class RunContext:
         model loaded by path (the SFT stage starts from the base model) stays whole: SFT is full
         fine-tuning. Sampling-only callers may pass ``lora=False``; they get the same function
         either way (B = 0 at the start).
+
+        Every model loader shards what it loads over the processes when ``parallel.strategy``
+        is fsdp and all processes load it (``distributed.sharding()``); ``whole()`` turns a
+        sharded model back into a whole one.
         """
         m = self.cfg.model
         model = self._load_causal_lm(path or self.sft_path)
@@ -99,7 +104,8 @@ class RunContext:
         if lora and path is None and m.lora.enabled:
             model = models.add_lora(model, m.lora, m.init_seed)
             self.lora_policy = model
-        return self._compiled(model.to(self.device))
+        model = self._sharded(model.to(self.device), functools.partial(self.load_policy, path, lora=lora))
+        return self._compiled(model)
 
     def load_reference(self) -> torch.nn.Module:
         """The frozen SFT policy that KL is measured against.
@@ -112,7 +118,38 @@ class RunContext:
             return models.AdaptersDisabled(self.lora_policy)
         ref = self._load_causal_lm(self.sft_path).to(self.device).eval()
         ref.requires_grad_(False)
-        return self._compiled(ref)
+        return self._compiled(self._sharded(ref, self.load_reference))
+
+    def _sharded(self, model: torch.nn.Module, load_whole) -> torch.nn.Module:
+        """``model`` sharded over the processes if they are loading it together under fsdp;
+        ``load_whole()`` loads it again whole (for ``whole``)."""
+        if distributed.sharding():
+            distributed.shard_model(model)
+            model._load_whole = load_whole
+            if distributed.is_main():
+                from rich.console import Console
+
+                held = sum(p.to_local().numel() for p in model.parameters())
+                total = sum(p.numel() for p in model.parameters())
+                Console(stderr=True).print(
+                    f"fsdp: {type(model).__name__.removeprefix('FSDP')} sharded over {distributed.world_size()} "
+                    f"processes (this one holds {held:,} of its {total:,} parameters)"
+                )
+        return model
+
+    def whole(self, model):
+        """A sharded model as a whole one on the main process, for what it does alone (evaluate,
+        save): every process must call this (it gathers the weights); the others get ``model``
+        back. Anything not sharded (a whole model, a best-of-n policy) comes back as it is."""
+        if not isinstance(model, torch.nn.Module) or not distributed.is_sharded(model):
+            return model
+        state = distributed.full_state_dict(model)
+        if not distributed.is_main():
+            return model
+        with distributed.whole_models():
+            copy = model._load_whole()  # a LoRA policy's copy becomes the run's lora_policy
+        copy.load_state_dict(state)
+        return copy.train(model.training)
 
     def _compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model.compile``: torch.compile the module's forward in place (its state dict keeps its names)."""
@@ -135,13 +172,14 @@ class RunContext:
         """A one-output head (reward model: ``per_token`` False; value model: True) on the
         backbone in ``path``, on the run's device, with the model's loading settings."""
         m = self.cfg.model
-        return models.load_scalar_model(
+        model = models.load_scalar_model(
             path,
             self.tokenizer,
             per_token=per_token,
             trust_remote_code=m.trust_remote_code,
             attn_implementation=m.attn_implementation,
         ).to(self.device)
+        return self._sharded(model, functools.partial(self.load_scalar_model, path, per_token))
 
     def load_reward(self):
         """The reward the method optimises (a reward model, an ensemble, or the gold reward)."""
@@ -227,7 +265,8 @@ class RunContext:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = model.training
         model.eval()
-        with self.autocast():
+        # a sharded model is gathered whole for the call: each process stops at its own EOS
+        with self.autocast(), distributed.gathered(model):
             out = generate(
                 model,
                 prompt_ids,

@@ -1,11 +1,22 @@
 """Data parallelism over processes: ``accelerate launch -m rlhf_bench ...`` or ``torchrun``.
 
-Every process holds the whole model and takes its share of each batch; gradients are averaged
-across processes before the optimiser step, as DDP does, so that ``N`` processes with batch
-``b`` take the same steps as one process with batch ``N * b`` (up to the order of float sums).
-The process group is set up by ``accelerate``'s ``PartialState`` from the environment the
-launcher writes (gloo on CPU, NCCL on CUDA). One process, no launcher: everything here is a
-no-op.
+Every process takes its share of each batch; gradients are averaged across processes before
+the optimiser step, so that ``N`` processes with batch ``b`` take the same steps as one process
+with batch ``N * b`` (up to the order of float sums). The process group is set up by
+``accelerate``'s ``PartialState`` from the environment the launcher writes (gloo on CPU, NCCL
+on CUDA). One process, no launcher: everything here is a no-op.
+
+``parallel.strategy`` says how the models are held:
+  ddp   every process holds every model whole; ``average_gradients`` all-reduces the gradients.
+  fsdp  the models loaded by every process together (``RunContext``'s loaders, while
+        ``sharding()``) are sharded with FSDP2 (``shard_model``): each process keeps 1/N of
+        every parameter, all-gathers a layer's for its forward and backward and reduce-scatters
+        its gradients (their mean: FSDP's own, so ``average_gradients`` leaves them alone).
+        Sampling all-gathers the whole model for the length of a ``generate`` call
+        (``gathered``), so that every process may stop at its own EOS. Whatever one process
+        does alone (write a stage, save a policy, evaluate) sees whole weights: a full state
+        dict is gathered first (``full_state_dict``), and models loaded ``whole_models()`` are
+        not sharded.
 
 Only the main process writes: run records, W&B, cached stages, checkpoints. The others train
 in lockstep, and wait for it where it writes.
@@ -13,17 +24,44 @@ in lockstep, and wait for it where it writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-_STATE: dict[str, Any] = {"rank": 0, "world": 1}
+STRATEGIES = ("ddp", "fsdp")
+_STATE: dict[str, Any] = {"rank": 0, "world": 1, "strategy": "ddp", "whole": 0}
 
 
-def setup(device: torch.device | None = None) -> None:
-    """Join the process group a launcher described (WORLD_SIZE > 1); otherwise nothing."""
+def setup(device: torch.device | None = None, strategy: str = "ddp") -> None:
+    """Join the process group a launcher described (WORLD_SIZE > 1); otherwise nothing.
+    ``strategy`` (``parallel.strategy``): ddp or fsdp (see the module's docstring)."""
+    from rlhf_bench.config import ConfigError
+
+    if strategy not in STRATEGIES:
+        raise ConfigError("parallel.strategy", f"must be one of {', '.join(STRATEGIES)}", strategy)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # accelerate launch with an FSDP config
+        if strategy != "fsdp":
+            raise ConfigError(
+                "parallel.strategy",
+                "must be fsdp under an accelerate config with distributed_type: FSDP (pass parallel.strategy=fsdp)",
+                strategy,
+            )
+        for unsupported in ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):
+            if os.environ.get(unsupported, "false").lower() == "true":
+                raise ConfigError(
+                    "parallel.strategy",
+                    f"fsdp does not implement accelerate's {unsupported.lower()}: set it false "
+                    "(activation checkpointing: model.gradient_checkpointing=true)",
+                )
+        # its fsdp_cpu_ram_efficient_loading (on by default) makes transformers load the weights on the
+        # main process only, for FSDP1 to broadcast: here every process loads them and shards its copy
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError("parallel.strategy", "has no deepspeed option: launch with an FSDP or a multi-GPU config")
+    _STATE["strategy"] = strategy
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _STATE["world"] > 1:
         return
     if device is not None and device.type == "cpu":
@@ -72,10 +110,11 @@ def shard(items: Sequence) -> Sequence:
 
 
 def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """All-reduce the gradients to their mean over processes (what DDP does after backward)."""
+    """All-reduce the gradients to their mean over processes (what DDP does after backward).
+    Sharded parameters are left alone: FSDP reduce-scattered their gradients to the mean already."""
     if world_size() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not is_sharded_tensor(p)]
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -103,3 +142,174 @@ def total(value: int) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64)
     torch.distributed.all_reduce(t)
     return int(t)
+
+
+# --- sharded models (parallel.strategy=fsdp) ----------------------------------------------
+def strategy() -> str:
+    return _STATE["strategy"]
+
+
+def sharding() -> bool:
+    """Whether models loaded now are sharded: fsdp, several processes, all of them loading it
+    (not inside ``whole_models()``). With one process, fsdp is ddp: there is nothing to shard over."""
+    return _STATE["strategy"] == "fsdp" and world_size() > 1 and not _STATE["whole"]
+
+
+@contextlib.contextmanager
+def whole_models() -> Iterator[None]:
+    """Models loaded inside are whole, not sharded: for what one process does alone (sample the
+    preference pairs, evaluate), where a sharded model's collectives would wait for the others."""
+    _STATE["whole"] += 1
+    try:
+        yield
+    finally:
+        _STATE["whole"] -= 1
+
+
+def is_sharded_tensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter, gradient or state of a sharded model)."""
+    if _STATE["strategy"] != "fsdp" or world_size() == 1:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: the whole value of a sharded or replicated DTensor (collective), else ``tensor``."""
+    return tensor.full_tensor() if is_sharded_tensor(tensor) else tensor
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds sharded (FSDP) parameters."""
+    return any(is_sharded_tensor(p) for p in module.parameters())
+
+
+def _units(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FSDP units of ``module``, outermost first (a LoRA reference: those of its policy)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    module = module.__dict__.get("policy", module)  # models.AdaptersDisabled holds its policy outside its tree
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` in place with FSDP2 (``fully_shard``) over all processes and return it.
+
+    Units: each transformer block (the classes transformers names in ``_no_split_modules``),
+    then the rest. A causal LM's rest is one unit at the root (its output layer may be tied to
+    the input embedding, and tied weights must share a unit). A model with a one-output head
+    (reward and value models) has its backbone and its head as units of their own and none at
+    the root, because ``rollout.sequence_scores`` calls the two apart. Every unit reshards after
+    its forward (one layer's weights gathered at a time).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (world_size(),))
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = set(getattr(inner, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh, reshard_after_forward=True)
+    head = next(
+        (getattr(model, n) for n in ("score", "classifier") if isinstance(getattr(model, n, None), torch.nn.Module)),
+        None,
+    )
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if head is not None and isinstance(backbone, torch.nn.Module):
+        fully_shard(backbone, mesh=mesh, reshard_after_forward=True)
+        fully_shard(head, mesh=mesh, reshard_after_forward=True)
+    else:
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    return model
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module) -> Iterator[None]:
+    """Inside, every parameter of a sharded ``model`` is whole on every process (collective on
+    entry and exit), as FSDP1's ``summon_full_params`` or ZeRO-3's ``GatheredParameters``: its
+    forward calls communicate nothing, so that processes may call it a different number of times
+    (generation stops at each process's own EOS). Costs the whole model's memory meanwhile. A
+    model that is not sharded: nothing."""
+    if not is_sharded(model):
+        yield
+        return
+    units = _units(model)
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True, recurse=False)
+
+
+def _aliases(module: torch.nn.Module) -> dict[str, str]:
+    """{alias: name} of tied parameters: every other name of a parameter listed under ``name``."""
+    first = {id(p): n for n, p in module.named_parameters()}
+    return {n: first[id(p)] for n, p in module.named_parameters(remove_duplicate=False) if first[id(p)] != n}
+
+
+def full_state_dict(module: torch.nn.Module, tied: bool = True) -> dict[str, torch.Tensor]:
+    """The whole state dict of a sharded ``module`` on the main process, on CPU ({} on the
+    others). Collective: every process must call it. ``tied=False`` leaves out the other names
+    of tied parameters (an output layer tied to the embedding), as ``save_pretrained`` does."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not tied:
+        aliases = _aliases(module)
+        state = {k: v for k, v in state.items() if k not in aliases}
+    return state
+
+
+def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict (the same on every process; tied names may be missing) into a
+    sharded ``module``: each process keeps its shard. Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = dict(state)
+    for alias, name in _aliases(module).items():  # a file keeps one name of tied parameters
+        if alias not in state and name in state:
+            state[alias] = state[name]
+        elif name not in state and alias in state:
+            state[name] = state[alias]
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded state tensor whole, on the main process (the
+    others get the same keys with their shards dropped): the file a 1-process run would write.
+    Collective."""
+    state = optimizer.state_dict()
+    out = {}
+    for index, values in state["state"].items():
+        out[index] = {}
+        for key, value in values.items():
+            value = full(value) if isinstance(value, torch.Tensor) else value
+            out[index][key] = value.cpu() if is_main() or not isinstance(value, torch.Tensor) else None
+    return {"state": out, "param_groups": state["param_groups"]}
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a whole optimizer state (as ``full_optimizer_state`` gives, or a 1-process run's) into
+    an optimizer over sharded parameters: each state tensor is split like its parameter. Collective."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sharded = {}
+    for index, values in state["state"].items():
+        param = params[int(index)]
+        sharded[index] = {
+            key: (
+                distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+                if is_sharded_tensor(param) and isinstance(value, torch.Tensor) and value.shape == param.shape
+                else value
+            )
+            for key, value in values.items()
+        }
+    optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})

@@ -251,5 +251,14 @@ def banned_tokens(tokenizer) -> list[int]:
 
 
 def save_pretrained(model: torch.nn.Module, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder, safe_serialization=True)
+    """Model (safetensors) and tokenizer in ``folder``. A sharded model (fsdp): its whole state is
+    gathered first, so every process must call this; the main process alone writes."""
+    from rlhf_bench.core import distributed
+
+    state = None
+    if distributed.is_sharded(model):
+        state = distributed.full_state_dict(model, tied=False)
+        if not distributed.is_main():
+            return
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(folder)

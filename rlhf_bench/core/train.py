@@ -56,7 +56,8 @@ def optimizer_step(
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     distributed.average_gradients(params)  # several processes: each had its share of the batch
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    # sharded parameters (fsdp): torch sums the squares over the shards, the norm is the global one
+    norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf")))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rlhf_bench.config import require
+from rlhf_bench.core import distributed
 from rlhf_bench.core.context import RunContext
 
 
@@ -82,5 +83,7 @@ class BestOfN:
 
 
 def train(ctx: RunContext, cfg: BestOfNConfig) -> BestOfN:
-    """Nothing to train: the SFT policy and the reward model, composed."""
-    return BestOfN(ctx.load_reference(), ctx.load_reward(), cfg.n, cfg.temperature)
+    """Nothing to train: the SFT policy and the reward model, composed (whole on every process
+    under fsdp: the main process samples from them alone in the evaluation)."""
+    with distributed.whole_models():
+        return BestOfN(ctx.load_reference(), ctx.load_reward(), cfg.n, cfg.temperature)

@@ -119,7 +119,8 @@ def load_value_model(ctx: RunContext, init: str, reward) -> torch.nn.Module:
     with torch.no_grad():
         head.weight.copy_(rm_head.weight / member.norm.std)
         if head.bias is not None:
-            rm_bias = rm_head.bias if rm_head.bias is not None else torch.zeros(1, device=rm_head.weight.device)
+            zero = torch.zeros_like(head.bias)  # sharded like the head under fsdp
+            rm_bias = rm_head.bias if rm_head.bias is not None else zero
             head.bias.copy_((rm_bias - member.norm.mean) / member.norm.std)
     return value.to(ctx.device)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import SFTConfig
-from rlhf_bench.core import distributed
+from rlhf_bench.core import distributed, models
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.ops import position_ids_from_mask
 from rlhf_bench.core.rollout import pad
@@ -121,8 +121,7 @@ def train_sft(
         ckpt.step_done(step + 1, tokens=tokens, loss=loss_value)
     ckpt.close()
     ctx.cost.tokens_trained += tokens
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    models.save_pretrained(model, tokenizer, out_dir)  # a sharded model: gathered, written by the main process
     return {"final_loss": loss_value, "steps": cfg.steps, "tokens_trained": tokens}
 
 

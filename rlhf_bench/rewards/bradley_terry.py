@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import require
-from rlhf_bench.core import distributed
+from rlhf_bench.core import distributed, models
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import sequence_scores
 from rlhf_bench.core.train import (
@@ -207,8 +207,7 @@ def fit_reward_model(
     ctx.cost.tokens_trained += tokens
     raw = ModelReward(model, Normalization())
     norm = normalization(ctx, raw, cfg.n_normalization_samples, seed) if cfg.normalize else Normalization()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    ctx.tokenizer.save_pretrained(out_dir)
+    models.save_pretrained(model, ctx.tokenizer, out_dir)  # a sharded model: gathered, written by the main process
     return {**held_out, "steps": len(schedule), "tokens_trained": tokens, "norm_mean": norm.mean, "norm_std": norm.std}
 
 
