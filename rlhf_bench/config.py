@@ -227,6 +227,17 @@ class LoggerConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the processes of a data-parallel run (``torchrun``, ``accelerate launch``) hold the
+    models; see ``core/distributed.py``. With one process both strategies are the same run."""
+
+    strategy: str = "ddp"  # ddp: every process holds every model whole | fsdp: models sharded with FSDP2
+
+    def __post_init__(self) -> None:
+        require_choice(self.strategy, ("ddp", "fsdp"), "parallel.strategy")
+
+
+@dataclass
 class Config:
     task: Any = MISSING
     model: ModelConfig = MISSING
@@ -240,18 +251,8 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Precision = Precision.auto
     paths: PathsConfig = field(default_factory=PathsConfig)
-@dataclass
-class ParallelConfig:
-    """How the processes of a data-parallel run (``torchrun``, ``accelerate launch``) hold the
-    models; see ``core/distributed.py``. With one process both strategies are the same run."""
-
-    strategy: str = "ddp"  # ddp: every process holds every model whole | fsdp: models sharded with FSDP2
-
-    def __post_init__(self) -> None:
-        require_choice(self.strategy, ("ddp", "fsdp"), "parallel.strategy")
-
-
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run_name: str | None = None
 
     def __post_init__(self) -> None:
@@ -266,7 +267,6 @@ class ParallelConfig:
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     from rlhf_bench.methods.best_of_n import BestOfNConfig
     from rlhf_bench.methods.dpo import DPOConfig
