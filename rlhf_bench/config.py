@@ -207,6 +207,7 @@ class EvalConfig:
     n_prompts: int = 1024
     batch_size: int = 256
     temperature: float = 1.0
+    exact: bool = True  # on an enumerable task (toy): also the exact sums (two enumerations of every response)
 
     def __post_init__(self) -> None:
         require(self.n_prompts >= 2, "eval.n_prompts", "must be >= 2", self.n_prompts)

@@ -20,7 +20,8 @@ On a task whose responses can be enumerated (``task.response_vocabulary``: the `
 each row also carries the exact values (``exact_kl``, ``exact_gold_reward``,
 ``exact_win_rate_vs_sft``, best-of-n included) and the run's place against the exact reward-KL
 frontier (``frontier_reward``, ``regret``, ``above_frontier``); ``frontier`` holds its endpoints.
-See ``evaluation/exact.py``.
+See ``evaluation/exact.py``. ``eval.exact=false`` leaves them out (runs that only need the
+earlier stages, e.g. a grid of reward models, skip two enumerations of every response).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def evaluate(ctx: RunContext, policy, ref, reward, cfg: EvalConfig, seed: int) -
         )
         if not isinstance(policy, torch.nn.Module):
             result["policy"]["kl_analytic"] = float(policy.analytic_kl)
-    if getattr(ctx.task, "response_vocabulary", None) is not None:  # an enumerable world: exact metrics too
+    if cfg.exact and getattr(ctx.task, "response_vocabulary", None) is not None:  # an enumerable world: exact too
         from rlhf_bench.evaluation.exact import run_metrics
 
         exact = run_metrics(ctx, policy, ref, reward, cfg.temperature)

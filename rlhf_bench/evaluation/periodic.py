@@ -6,8 +6,8 @@ training batches.
 Each call evaluates as the final evaluation does (``evaluation.gold``: one sample for each of
 ``eval.n_prompts`` held-out prompts at ``eval.temperature``; win rate against a fixed SFT
 sample), and on a task whose responses can be enumerated (the ``toy`` world) adds the exact
-``exact_kl`` and ``exact_gold_reward`` (``evaluation.exact``). The reference side (its samples,
-its enumerated log-probs, the gold reward of every response) is computed once.
+``exact_kl`` and ``exact_gold_reward`` (``evaluation.exact``; ``eval.exact=false``: not). The
+reference side (its samples, its enumerated log-probs, the gold of every response) is computed once.
 
 It draws from its own generator and puts a policy back in the mode it found it in, so turning
 it on does not change the training run.
@@ -48,7 +48,8 @@ class PeriodicEval:
         generator = torch.Generator(device=ctx.device).manual_seed(self.seed)
         with uncounted(ctx):
             self.sft_gold = _samples(ctx, ref, ref, reward, self.prompts, self.cfg, generator, "eval: SFT")["gold"]
-        self.worlds = self._enumerate() if getattr(ctx.task, "response_vocabulary", None) is not None else None
+        enumerable = self.cfg.exact and getattr(ctx.task, "response_vocabulary", None) is not None
+        self.worlds = self._enumerate() if enumerable else None
 
     def _enumerate(self) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
         """(prompt ids, [N] reference log-probs, [N] gold reward) of each distinct eval prompt."""
