@@ -170,13 +170,19 @@ class SFTConfig:
 class PreferenceConfig:
     """Preference pairs sampled from the SFT policy and labelled by a simulated annotator.
 
-    The annotator prefers response a over b with probability
-    sigmoid((gold(a) - gold(b)) / temperature), then flips the label with probability
-    ``flip_prob`` (AlpacaFarm's label noise). Lower temperature means cleaner labels.
+    ``samples_per_prompt`` SFT samples are drawn for each prompt and every two of them make a
+    pair (4 samples: 6 pairs, as Rafailov et al. 2023 built their IMDb pairs). With ``label``
+    ``bradley_terry`` the annotator prefers response a over b with probability
+    sigmoid((gold(a) - gold(b)) / temperature); with ``gold`` the higher gold reward is preferred
+    and pairs of equal gold reward are dropped (they state no preference). Either label is then
+    flipped with probability ``flip_prob`` (AlpacaFarm's label noise). Lower temperature means
+    cleaner labels.
     """
 
-    n_train: int = 4096
+    n_train: int = 4096  # prompts; each gives samples_per_prompt * (samples_per_prompt - 1) / 2 pairs
     n_eval: int = 512
+    samples_per_prompt: int = 2
+    label: str = "bradley_terry"  # bradley_terry | gold (deterministic: the gold reward decides)
     temperature: float = 0.1
     flip_prob: float = 0.0
     annotators: int = 1  # a pool of simulated annotators (AlpacaFarm): each pair labelled by one at random
@@ -189,6 +195,14 @@ class PreferenceConfig:
         require(self.n_eval >= 1, "preferences.n_eval", "must be >= 1", self.n_eval)
         require(self.temperature > 0, "preferences.temperature", "must be > 0", self.temperature)
         require(self.annotators >= 1, "preferences.annotators", "must be >= 1", self.annotators)
+        require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", "must be >= 2", self.samples_per_prompt)
+        require_choice(self.label, ("bradley_terry", "gold"), "preferences.label")
+        require(
+            self.label == "bradley_terry" or self.annotators == 1,
+            "preferences.annotators",
+            "must be 1 with preferences.label=gold (the gold reward is the one annotator)",
+            self.annotators,
+        )
         require(self.annotator_spread >= 0, "preferences.annotator_spread", "must be >= 0", self.annotator_spread)
         require(
             0 <= self.flip_prob <= 0.5,

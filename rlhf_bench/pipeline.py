@@ -434,7 +434,7 @@ def preparation_stages(ctx) -> dict[str, Any]:
     from hydra.utils import get_method
 
     from rlhf_bench.methods.sft import train_sft
-    from rlhf_bench.rewards.preferences import sample_preferences
+    from rlhf_bench.rewards.preferences import sample_preferences, stage_key
 
     cfg, artifacts_dir = ctx.cfg, Path(ctx.cfg.paths.artifacts_dir)
     verify = cfg.checkpoint.verify_artifacts
@@ -458,7 +458,7 @@ def preparation_stages(ctx) -> dict[str, Any]:
         key = {
             "sft": ctx.stage_keys["sft"],
             "task": data_key,
-            "preferences": to_plain(cfg.preferences),
+            "preferences": stage_key(cfg.preferences),
         }
         prefs = cached_stage(
             artifacts_dir,

@@ -11,8 +11,9 @@ preference data comes in too), with the gold rewards and whether each response e
 
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -54,39 +55,66 @@ def simulated_annotator(
     return prefers_a ^ flip, torch.where(flip, torch.zeros_like(strength), strength)
 
 
+def gold_labels(gold_a: torch.Tensor, gold_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] gold rewards of two responses -> ([N] bool, True where gold(a) > gold(b); [N] bool, True
+    where they tie). The deterministic annotator (``preferences.label=gold``): a tie states no
+    preference, so its pair is dropped rather than given an arbitrary label."""
+    return gold_a > gold_b, gold_a == gold_b
+
+
+def _label(cfg: PreferenceConfig, gold_a, gold_b, generator) -> tuple[torch.Tensor, ...]:
+    """(prefers_a, strength, annotator, keep) of [N] pairs under ``cfg.label``."""
+    n = gold_a.shape[0]
+    if cfg.label == "gold":
+        prefers_a, tie = gold_labels(gold_a, gold_b)
+        flip = torch.rand(n, generator=generator) < cfg.flip_prob if cfg.flip_prob > 0 else torch.zeros(n, dtype=bool)
+        gap = (gold_a - gold_b).abs()
+        strength = sum((gap > t).long() for t in STRENGTH_THRESHOLDS)
+        return prefers_a ^ flip, torch.where(flip, 0, strength), torch.zeros(n, dtype=torch.long), ~tie
+    temperatures = annotator_temperatures(cfg)
+    # a pool (AlpacaFarm): each pair is labelled by one annotator drawn at random
+    who = torch.randint(len(temperatures), (n,), generator=generator) if len(temperatures) > 1 else torch.zeros(n)
+    prefers_a, strength = simulated_annotator(gold_a, gold_b, temperatures[who.long()], cfg.flip_prob, generator)
+    return prefers_a, strength, who.long(), torch.ones(n, dtype=bool)
+
+
 def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig, generator, desc: str) -> list[dict]:
+    """``cfg.samples_per_prompt`` SFT samples of each prompt; every two of them (i < j) a labelled pair."""
     pairs = []
     sample_gen = torch.Generator(device=ctx.device).manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-    half = max(1, cfg.generation_batch_size // 2)
-    for start in tqdm(range(0, len(prompts), half), desc=desc, unit="batch", dynamic_ncols=True):
-        chunk = prompts[start : start + half]
-        doubled = chunk + chunk  # two responses per prompt in one generation batch
-        ids, mask = ctx.pad_prompts(ctx.encode_prompts(doubled))
+    k = cfg.samples_per_prompt
+    per_batch = max(1, cfg.generation_batch_size // k)
+    for start in tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch", dynamic_ncols=True):
+        chunk = prompts[start : start + per_batch]
+        n = len(chunk)
+        repeated = chunk * k  # sample s of prompt i is row s * n + i, all in one generation batch
+        ids, mask = ctx.pad_prompts(ctx.encode_prompts(repeated))
         response_ids, response_mask = ctx.sample(sft, ids, mask, temperature=1.0, generator=sample_gen)
         texts = ctx.decode(response_ids, response_mask)
         finished = (response_ids == ctx.tokenizer.eos_token_id).any(-1).tolist()
-        gold = torch.tensor(ctx.task.gold_reward(doubled, texts))
-        n = len(chunk)
-        temperatures = annotator_temperatures(cfg)
-        # a pool (AlpacaFarm): each pair is labelled by one annotator drawn at random
-        who = torch.randint(len(temperatures), (n,), generator=generator) if len(temperatures) > 1 else torch.zeros(n)
-        temperature = temperatures[who.long()]
-        prefers_a, strength = simulated_annotator(gold[:n], gold[n:], temperature, cfg.flip_prob, generator)
+        gold = torch.tensor(ctx.task.gold_reward(repeated, texts))
+        labelled = []
+        for s, t in itertools.combinations(range(k), 2):
+            rows_a, rows_b = s * n + torch.arange(n), t * n + torch.arange(n)
+            labelled.append((rows_a, rows_b, *_label(cfg, gold[rows_a], gold[rows_b], generator)))
         for i, prompt in enumerate(chunk):
-            a, b = (i, n + i) if prefers_a[i] else (n + i, i)
-            pairs.append(
-                {
-                    "prompt": prompt,
-                    "chosen": texts[a],
-                    "rejected": texts[b],
-                    "chosen_gold": float(gold[a]),
-                    "rejected_gold": float(gold[b]),
-                    "chosen_eos": finished[a],
-                    "rejected_eos": finished[b],
-                    "strength": int(strength[i]),
-                    "annotator": int(who[i]),
-                }
-            )
+            for rows_a, rows_b, prefers_a, strength, who, keep in labelled:
+                if not keep[i]:
+                    continue
+                a, b = (int(rows_a[i]), int(rows_b[i])) if prefers_a[i] else (int(rows_b[i]), int(rows_a[i]))
+                pairs.append(
+                    {
+                        "prompt": prompt,
+                        "chosen": texts[a],
+                        "rejected": texts[b],
+                        "chosen_gold": float(gold[a]),
+                        "rejected_gold": float(gold[b]),
+                        "chosen_eos": finished[a],
+                        "rejected_eos": finished[b],
+                        "strength": int(strength[i]),
+                        "annotator": int(who[i]),
+                    }
+                )
     return pairs
 
 
@@ -106,12 +134,32 @@ def sample_preferences(ctx: RunContext, cfg: PreferenceConfig, out_dir: Path) ->
     info: dict[str, float] = {}
     for split, prompts in (("train", train_prompts), ("eval", eval_prompts)):
         pairs = _label_pairs(ctx, sft, prompts, cfg, generator, desc=f"preference pairs ({split})")
+        if not pairs:
+            raise ValueError(
+                f"preferences: every {split} pair tied on the gold reward and was dropped (preferences.label=gold); "
+                "sample more prompts (preferences.n_train / n_eval) or samples per prompt (preferences.samples_per_prompt)"
+            )
         write_jsonl(out_dir / f"{split}.jsonl", pairs)
         decided = [p for p in pairs if p["chosen_gold"] != p["rejected_gold"]]
         agree = sum(p["chosen_gold"] > p["rejected_gold"] for p in decided)
         info[f"{split}_pairs"] = len(pairs)
+        if cfg.label == "gold":
+            k = cfg.samples_per_prompt
+            info[f"{split}_ties_dropped"] = len(prompts) * k * (k - 1) // 2 - len(pairs)
         info[f"{split}_label_gold_agreement"] = agree / max(1, len(decided))
     return info
+
+
+# Options added after the stage's first version, at their defaults: left out of its cache key so
+# that the pairs cached before they existed are still found (and the same pairs are produced).
+ADDED_OPTIONS = {"samples_per_prompt": 2, "label": "bradley_terry"}
+
+
+def stage_key(cfg: PreferenceConfig) -> dict:
+    """What identifies the preference pairs in the stage cache: the config, less the options of
+    ``ADDED_OPTIONS`` that hold their defaults."""
+    key = asdict(cfg)  # scalars only: the same dict as pipeline.to_plain gives
+    return {k: v for k, v in key.items() if k not in ADDED_OPTIONS or v != ADDED_OPTIONS[k]}
 
 
 def write_user_pairs(ctx: RunContext, out_dir: Path) -> dict[str, float]:
