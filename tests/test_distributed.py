@@ -1,7 +1,9 @@
 """Data parallelism on CPU with gloo: 2 processes x batch b take the same steps as 1 process x 2b,
-and a whole run under torchrun writes one record, from the main process only."""
+under ddp (every process holds the whole model) and fsdp (each holds half of every parameter);
+a whole run under torchrun or accelerate writes one record, from the main process only."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,18 +14,25 @@ import torch
 from conftest import fast_overrides
 
 # Trains a tiny GPT-2 with the core's loss, batch sharding and optimizer step; saves the weights.
+# With a 4th argument k: after k steps it checkpoints, builds a fresh model and optimizer, restores
+# the checkpoint into them and goes on (the checkpoint stays in <out>.ckpt/).
 STEPS_SCRIPT = """
+import json
 import sys
+from pathlib import Path
 import torch
-from rlhf_bench.config import TinyModelConfig
+from rlhf_bench.config import CheckpointConfig, TinyModelConfig
 from rlhf_bench.core import distributed, models
+from rlhf_bench.core.checkpoint import Checkpointer
 from rlhf_bench.core.ops import position_ids_from_mask
 from rlhf_bench.core.rollout import pad
-from rlhf_bench.core.train import optimizer_step
+from rlhf_bench.core.train import Cost, optimizer_step
 from rlhf_bench.methods.sft import next_token_loss
+from rlhf_bench.tracking.wandb_run import Tracker
 
-out, optimizer_name = sys.argv[1], sys.argv[2]
-distributed.setup(torch.device("cpu"))
+out, optimizer_name, strategy = sys.argv[1], sys.argv[2], sys.argv[3]
+resume_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+distributed.setup(torch.device("cpu"), strategy)
 torch.manual_seed(0)
 texts = [f"review {i} : the film was {'good' if i % 3 else 'bad'} and {'long ' * (i % 5)}." for i in range(64)]
 folder = out + ".model"  # built once (training a tokenizer is not bitwise reproducible across processes)
@@ -33,22 +42,59 @@ if distributed.is_main():
     models.save_pretrained(models.build_tiny_model(cfg, tok, seed=0), tok, folder)
 distributed.barrier()
 tok = models.load_tokenizer(folder)
-model = models.load_causal_lm(folder, tok).train()
-optimizer = (
-    torch.optim.SGD(model.parameters(), lr=0.5) if optimizer_name == "sgd"
-    else torch.optim.AdamW(model.parameters(), lr=1e-3)
-)
+
+
+def fresh():
+    model = models.load_causal_lm(folder, tok).train()
+    if distributed.sharding():  # fsdp with 2 processes
+        distributed.shard_model(model)
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.5) if optimizer_name == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    )
+    return model, optimizer
+
+
+class Run:  # what a Checkpointer reads of a run
+    device = torch.device("cpu")
+    cost = Cost()
+    tracker = Tracker(type("L", (), {"mode": "disabled"})(), Path("."), "x", "x", {})
+    last_checkpoint = None
+
+
+def checkpointer():
+    return Checkpointer(Path(out + ".ckpt"), CheckpointConfig(), Run(), "steps")
+
+
+model, optimizer = fresh()
 data = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
 generator = torch.Generator().manual_seed(0)
 for step in range(4):
+    if step == resume_at:
+        ckpt = checkpointer()
+        ckpt.restore({"model": model}, optimizer, generators={"data": generator})
+        ckpt.save(step)
+        ckpt.close()
+        model, optimizer = fresh()
+        generator = torch.Generator().manual_seed(123)  # the restore sets its state
+        ckpt = checkpointer()
+        assert ckpt.restore({"model": model}, optimizer, generators={"data": generator})["step"] == step
+        ckpt.close()
     index = distributed.shard(torch.randint(len(data), (16,), generator=generator))  # global batch of 16
     ids, mask = pad([data[i] for i in index], tok.pad_token_id, "left")
     labels = ids.masked_fill(mask == 0, -100)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     loss = next_token_loss(logits, labels, mask)
     optimizer_step(loss, optimizer, max_grad_norm=1.0)
+held = [p.to_local() if distributed.is_sharded_tensor(p) else p for p in model.parameters()]
+Path(f"{out}.rank{distributed.rank()}.json").write_text(json.dumps({
+    "sharded": distributed.is_sharded(model),
+    "elements": sum(t.numel() for t in held),
+    "bytes": sum(t.untyped_storage().nbytes() for t in held),
+}))
+state = distributed.full_state_dict(model) if distributed.is_sharded(model) else model.state_dict()
 if distributed.is_main():
-    torch.save({k: v.clone() for k, v in model.state_dict().items()}, out)
+    torch.save({k: v.clone() for k, v in state.items()}, out)
 """
 
 
@@ -56,6 +102,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+
+
+def _accelerate(config: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with one of examples/accelerate/*.yaml (2 processes)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / config)]
+    command += ["--main_process_port", str(_free_port()), *args]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _torchrun(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -67,19 +124,25 @@ def _torchrun(*args: str, cwd: Path, timeout: int = 600) -> subprocess.Completed
     )
 
 
+def _steps(tmp_path: Path, optimizer: str, strategy: str, *extra: str) -> None:
+    """The steps script on 1 process (``one.pt``) and on 2 (``two.pt``)."""
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS_SCRIPT)
+    args = (optimizer, strategy, *extra)
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.pt"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = _torchrun(str(script), str(tmp_path / "two.pt"), *args, cwd=tmp_path)
+    assert double.returncode == 0, double.stderr[-3000:]
+
+
 @pytest.mark.parametrize("optimizer, tolerance", [("sgd", 1e-6), ("adamw", 1e-5)])
 def test_two_processes_with_half_batches_take_the_steps_of_one_with_the_whole(tmp_path, optimizer, tolerance):
     """Tolerance: the only difference is the order of float sums (each process sums its half, then
     the halves are summed), ~1e-7 per step; AdamW divides by sqrt(v), which magnifies it where a
     gradient is ~0, hence its larger bound after 4 steps."""
-    script = tmp_path / "steps.py"
-    script.write_text(STEPS_SCRIPT)
-    single = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "one.pt"), optimizer], capture_output=True, text=True
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = _torchrun(str(script), str(tmp_path / "two.pt"), optimizer, cwd=tmp_path)
-    assert double.returncode == 0, double.stderr[-3000:]
+    _steps(tmp_path, optimizer, "ddp")
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     initial_moved = False
@@ -119,3 +182,156 @@ def test_a_run_under_torchrun_writes_one_record_from_the_main_process(tmp_path):
     for who in ("sft", "policy"):
         for metric in ("gold_reward", "proxy_reward", "kl"):
             assert record["metrics"][who][metric] == pytest.approx(reference["metrics"][who][metric], abs=0.01)
+
+    # DPO sharded (parallel.strategy=fsdp) from the same SFT, pairs and reward model (cached): the
+    # numbers of the ddp run above
+    shutil.copytree(
+        tmp_path / "two" / "artifacts", tmp_path / "fsdp" / "artifacts", ignore=shutil.ignore_patterns("policy")
+    )
+    fsdp_args = [
+        *fast_overrides(tmp_path / "fsdp", ppo=False),
+        "method=dpo",
+        "method.epochs=1",
+        "eval.lm_eval.tasks=[]",
+    ]
+    fsdp = _torchrun("-m", "rlhf_bench", *fsdp_args, "parallel.strategy=fsdp", cwd=tmp_path)
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert "fsdp: GPT2LMHeadModel sharded over 2 processes" in fsdp.stderr
+    sharded = _record(tmp_path / "fsdp")
+    assert all(sharded["artifacts"][stage]["cached"] for stage in ("sft", "preferences", "reward_model"))
+    weights = (_policy_weights(tmp_path / "fsdp"), _policy_weights(tmp_path / "two"))
+    _assert_same_run(sharded, record, weights, who=("policy",))
+
+
+def test_fsdp_shards_every_parameter_and_takes_the_steps_of_one_process_through_a_checkpoint(tmp_path):
+    """parallel.strategy=fsdp, 2 processes: each holds half of the model's storage; AdamW with a
+    global-norm clip (which bites at every step: norms 3.0 to 1.7 at a bound of 1) for 4 steps, checkpointed after
+    2 into a fresh sharded model and optimizer, equals 1 process on the whole batch within 1e-5
+    (the float-order bound of the ddp test: FSDP's reduce-scatter sums in its own order). The
+    checkpoint files hold what the 1-process run's hold, so either can resume the other's."""
+    _steps(tmp_path, "adamw", "fsdp", "2")
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    for name, value in one.items():
+        assert torch.allclose(value, two[name], atol=1e-5, rtol=0), (name, float((value - two[name]).abs().max()))
+
+    alone = json.loads((tmp_path / "one.pt.rank0.json").read_text())
+    shares = [json.loads((tmp_path / f"two.pt.rank{r}.json").read_text()) for r in (0, 1)]
+    assert not alone["sharded"] and all(share["sharded"] for share in shares)
+    assert sum(share["elements"] for share in shares) == alone["elements"]  # nothing held twice
+    for share in shares:  # half each, up to the padding of rows that do not split evenly
+        assert 0.45 < share["bytes"] / alone["bytes"] < 0.55, share
+
+    from safetensors.torch import load_file
+
+    files = {who: tmp_path / f"{who}.pt.ckpt" / "step-00000002" for who in ("one", "two")}
+    weights = {who: load_file(folder / "model.safetensors") for who, folder in files.items()}
+    tied = set(weights["one"]) ^ set(weights["two"])  # each keeps one name of the tied embedding
+    assert tied <= {"lm_head.weight", "transformer.wte.weight"} and len(tied) in (0, 2)
+    for name in set(weights["one"]) & set(weights["two"]):
+        assert torch.allclose(weights["one"][name], weights["two"][name], atol=1e-6, rtol=0), name
+    states = {who: torch.load(folder / "state.pt", weights_only=True)["optimizer"] for who, folder in files.items()}
+    assert states["one"]["param_groups"] == states["two"]["param_groups"]
+    assert states["one"]["state"].keys() == states["two"]["state"].keys()
+    for index, state in states["one"]["state"].items():
+        for key, value in state.items():  # whole tensors, not shards
+            assert torch.allclose(value, states["two"]["state"][index][key], atol=1e-6, rtol=0), (index, key)
+
+
+def test_parallel_strategy_config():
+    """ddp by default; a bad value names the key; fsdp composes, and with one process it is ddp
+    (nothing to shard over); an accelerate FSDP or DeepSpeed launch needs parallel.strategy=fsdp."""
+    from rlhf_bench.cli import load_config
+    from rlhf_bench.config import ConfigError
+    from rlhf_bench.core import distributed
+
+    assert load_config([]).parallel.strategy == "ddp"
+    assert load_config(["parallel.strategy=fsdp"]).parallel.strategy == "fsdp"
+    with pytest.raises(ConfigError, match="parallel.strategy must be one of ddp, fsdp"):
+        load_config(["parallel.strategy=zero3"])
+    with pytest.raises(ConfigError, match="parallel.strategy must be one of ddp, fsdp"):
+        distributed.setup(torch.device("cpu"), "zero3")
+    try:
+        distributed.setup(torch.device("cpu"), "fsdp")  # no launcher: one process
+        assert distributed.world_size() == 1 and not distributed.sharding()
+        model = torch.nn.Linear(2, 2)
+        with distributed.gathered(model):  # nothing to gather
+            assert not distributed.is_sharded(model)
+    finally:
+        distributed.setup(torch.device("cpu"), "ddp")
+    env = {"ACCELERATE_USE_FSDP": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        with pytest.raises(ConfigError, match="must be fsdp under an accelerate config"):
+            distributed.setup(torch.device("cpu"), "ddp")
+        mp.setenv("FSDP_OFFLOAD_PARAMS", "true")
+        with pytest.raises(ConfigError, match="fsdp_offload_params"):
+            distributed.setup(torch.device("cpu"), "fsdp")
+        mp.delenv("ACCELERATE_USE_FSDP")
+        mp.delenv("FSDP_OFFLOAD_PARAMS")
+        mp.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        with pytest.raises(ConfigError, match="no deepspeed option"):
+            distributed.setup(torch.device("cpu"), "fsdp")
+    assert distributed.strategy() == "ddp"
+
+
+def _record(root: Path) -> dict:
+    records = list((root / "results" / "runs").glob("*/record.json"))
+    assert len(records) == 1  # one run, one record: the other process wrote none
+    return json.loads(records[0].read_text())
+
+
+def _policy_weights(root: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    (policy,) = (root / "artifacts" / "policy").iterdir()  # one policy, written once
+    return load_file(policy / "model.safetensors")
+
+
+def _assert_same_run(fsdp: dict, ddp: dict, weights: tuple[dict, dict], who=("sft", "policy")) -> None:
+    """Tolerances: the two differ in the order of float sums only (FSDP reduce-scatters where DDP
+    all-reduces, and sums the squares of the gradient norm shard by shard), ~1e-7 per step on
+    weights of ~1, so the samples are the same: measured here, metrics within 3e-7 and saved
+    weights within 2e-6 (PPO) or equal (DPO); asserted: 1e-3 and 1e-5."""
+    assert fsdp["status"] == "finished" and fsdp["processes"] == 2 and fsdp["config"]["parallel"]["strategy"] == "fsdp"
+    assert ddp["config"]["parallel"]["strategy"] == "ddp"
+    for stage in who:
+        for metric in ("gold_reward", "proxy_reward", "kl"):
+            assert fsdp["metrics"][stage][metric] == pytest.approx(ddp["metrics"][stage][metric], abs=1e-3), (
+                stage,
+                metric,
+            )
+    sharded, whole = weights
+    assert sharded.keys() == whole.keys()  # the same file as save_pretrained writes (tied weights once)
+    for name, value in whole.items():
+        assert torch.allclose(sharded[name], value, atol=1e-5, rtol=0), (
+            name,
+            float((sharded[name] - value).abs().max()),
+        )
+
+
+@pytest.mark.slow
+def test_ppo_under_fsdp_with_the_accelerate_config_matches_ddp(tmp_path):
+    """The whole pipeline, launched with examples/accelerate/fsdp.yaml and ddp.yaml: SFT, the
+    reward model (and its normalisation on SFT samples), PPO's policy, value model (from the reward
+    model), reference and reward model sharded; sampling through gathered weights; the final PPO
+    checkpoint and every stage's save gathered to the main process, which alone samples the
+    preference pairs and evaluates whole models. One record, one policy, the numbers of ddp's run."""
+    common = ["-m", "rlhf_bench", "eval.lm_eval.tasks=[]"]
+    fsdp = _accelerate("fsdp.yaml", *common, *fast_overrides(tmp_path / "fsdp"), "parallel.strategy=fsdp", cwd=tmp_path)
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    for model in ("GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification"):
+        assert f"fsdp: {model} sharded over 2 processes" in fsdp.stderr  # policy, reward model, value model
+    ddp = _accelerate("ddp.yaml", *common, *fast_overrides(tmp_path / "ddp"), cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "sharded over" not in ddp.stderr
+    record, reference = _record(tmp_path / "fsdp"), _record(tmp_path / "ddp")
+    assert len(list((tmp_path / "fsdp" / "results" / "runs").glob("*/wandb/offline-run-*"))) == 1
+    for info in ("accuracy", "gold_accuracy", "norm_mean", "norm_std"):
+        rm = record["artifacts"]["reward_model"]["info"][info]
+        assert rm == pytest.approx(reference["artifacts"]["reward_model"]["info"][info], abs=1e-4), info
+    assert record["cost"]["tokens_trained"] == reference["cost"]["tokens_trained"]
+    weights = (_policy_weights(tmp_path / "fsdp"), _policy_weights(tmp_path / "ddp"))
+    _assert_same_run(record, reference, weights)
