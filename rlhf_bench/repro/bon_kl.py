@@ -301,9 +301,8 @@ def continuous_checks(mc: dict, n_se: float) -> list[Check]:
     checks = []
     for row in mc["curves"]:
         n = row["n"]
-        for name, key, published in (("KL(best-of-n || SFT)", "kl", row["kl_bound"]), ("win rate vs SFT", "win", None)):
-            published = row["win_bound"] if published is None else published
-            value, se = row[key], row[f"{key}_se"]
+        for name, key, bound in (("KL(best-of-n || SFT)", "kl", "kl_bound"), ("win rate vs SFT", "win", "win_bound")):
+            value, se, published = row[key], row[f"{key}_se"], row[bound]
             z = (value - published) / se if se > 0 else math.inf
             checks.append(
                 Check(
