@@ -288,6 +288,26 @@ def summarise(task: str, points: dict, hulls: dict, curve: list | None) -> list[
     return notes
 
 
+def caveats(task: str, points: dict, checks: list[Check]) -> list[str]:
+    """What the dominance checks rest on: where a method has no run (its frontier is a chord from
+    the SFT point there), and on the toy whether the KL the methods were trained on was the policy's."""
+    lowest = {m: min((p.kl for p in pts), default=math.nan) for m, pts in points.items()}
+    out = [
+        f"{task}: lowest-KL run of each method: "
+        + ", ".join(f"{LABELS[m]} {k:.2f}" for m, k in lowest.items())
+        + "; below it a method's frontier is the chord from the SFT point (a mixture with SFT)"
+    ]
+    agreement = next((c for c in checks if c.name.startswith(f"{task}: each run's Monte-Carlo KL")), None)
+    if agreement is not None and not agreement.passed:
+        out.append(
+            f"{task}: {agreement.measured.replace(' agree', '')} runs agree; the others were trained against a KL "
+            "their policy does not have: their Monte-Carlo KL (full-vocabulary log-probs, what PPO's KL penalty and "
+            "controller see) is far from the exact KL of what the sampler draws (it excludes some tokens), so this "
+            "task's dominance checks compare DPO with PPO runs whose KL was not under control"
+        )
+    return out
+
+
 def reproduce(session: Session) -> Outcome:
     tol = session.claim.tolerance
     quick = tol["quick"] if session.quick else None
@@ -306,7 +326,7 @@ def reproduce(session: Session) -> Outcome:
         for rival in ("ppo", "ppo_gt"):
             check, comparisons[rival] = dominance(task, points, hulls, rival, float(tol["se_multiplier"]))
             checks.append(check)
-        notes += summarise(task, points, hulls, curve)
+        notes += summarise(task, points, hulls, curve) + caveats(task, points, checks)
         data[task] = {
             "sft": origin,
             "points": {m: [asdict(p) for p in pts] for m, pts in points.items()},
