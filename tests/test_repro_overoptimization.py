@@ -107,6 +107,11 @@ def test_peak_and_shape_checks_by_hand():
     assert not ovo.rises_then_falls(gain, [0.1, 0.2, 0.3, 0.4], drop=0.6)[0]  # fell too little
     assert not ovo.rises_then_falls(gain, [0.1, 0.9, 0.3, 0.4], drop=0.3)[0]  # the proxy fell too
     assert not ovo.rises_then_falls([0.1, 0.2, 0.3], [0, 1, 2], drop=0.0)[0]  # no interior peak
+    # a curve that falls to -0.5 after its peak and comes back to -0.2 is named as such
+    rl = {"gain": [0.0, 0.2, -0.5, -0.2], "step": [0, 8, 16, 24], "kl": [0.0, 0.1, 2.0, 3.0]}
+    (note,) = ovo.shape_notes(rl, [])
+    assert "falls to -0.500 (step 16, KL 2.00), then rises again to -0.200 (step 24" in note
+    assert ovo.shape_notes({**rl, "gain": [0.0, 0.2, -0.2, -0.5]}, []) == []
 
 
 # --- PPO evaluated along training ------------------------------------------------------------

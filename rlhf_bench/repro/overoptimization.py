@@ -449,11 +449,34 @@ def overview(data: dict[str, Any]) -> list[str]:
             f"over n >= 2; exact KL at n={exact['n'][-1]}: {exact['kl'][-1]:.3f} vs analytic {bon['kl'][-1]:.3f}; "
             f"fit on the exact KL: R^2 {fe['r2']:.3f}, d* {fe['peak_d']:.3f}, gain {fe['peak_gain']:+.3f}"
         )
+    lines += shape_notes(rl, data["sweep"])
     for p in data["sweep"]:
         f = p["fit"]
         lines.append(
             f"sweep ({p['axis']}): {p['n_train']} pairs, {p['parameters']:,} params ({p['backbone']}): RM accuracy "
             f"{p['rm_accuracy']:.3f}; best-of-n peak {p['peak_gain']:+.3f} ± {p['peak_gain_se']:.3f} at n={p['peak_n']}; "
             f"fit alpha {f['alpha']:.3f} beta {f['beta']:.3f} R^2 {f['r2']:.3f} d* {f['peak_d']:.3f} ± {p['fit_peak_d_se']:.3f}"
+        )
+    return lines
+
+
+def shape_notes(rl: dict[str, list], sweep: list[dict[str, Any]]) -> list[str]:
+    """What the functional forms cannot see: a curve that falls and then rises again (the RL form
+    allows one turn), and the coefficients' trend with the proxy's size (Gao et al.: alpha up, beta down)."""
+    gain = np.asarray(rl["gain"])
+    k = int(np.argmax(gain))
+    low = k + int(np.argmin(gain[k:]))
+    lines = []
+    if low + 1 < len(gain) and gain[low + 1 :].max() > gain[low]:
+        back = int(low + 1 + np.argmax(gain[low + 1 :]))
+        lines.append(
+            f"the RL curve is not single-peaked: after its peak it falls to {gain[low]:+.3f} (step {rl['step'][low]}, "
+            f"KL {rl['kl'][low]:.2f}), then rises again to {gain[back]:+.3f} (step {rl['step'][back]}, KL {rl['kl'][back]:.2f})"
+        )
+    size = sorted((p for p in sweep if p["axis"] == "size"), key=lambda p: p["parameters"])
+    if len(size) > 1:
+        lines.append(
+            "best-of-n coefficients by proxy size (parameters: alpha, beta): "
+            + "; ".join(f"{p['parameters']:,}: {p['fit']['alpha']:.3f}, {p['fit']['beta']:.3f}" for p in size)
         )
     return lines

@@ -23,7 +23,7 @@ model's accuracy has the binomial standard error sqrt(a (1 - a) / n).
 The checks: accuracy rises with data at every size, rises with size at the largest data size
 (rank correlation and the end-to-end rise beyond noise), and never exceeds the ceiling beyond
 noise. The published slopes per doubling are reported beside ours (log2-linear least squares),
-not checked: they belong to a regime far from the ceiling.
+not checked: they belong to another regime (human labels, 8k-64k comparisons, 160M-13B models).
 """
 
 from __future__ import annotations
@@ -238,12 +238,12 @@ def notes(points: list[dict[str, Any]], sizes: list, data: list[int], tol: dict)
     lines.append(
         "accuracy per doubling of data: "
         + ", ".join(f"{k} params {v * 100:+.1f} pts" for k, v in s["per_data_doubling"].items())
-        + f" (Stiennon et al.: {published.get('data', 'n/a')} pts, far from their ceiling)"
+        + f" (Stiennon et al.: {published.get('data', 'n/a')} pts at 8k-64k human comparisons)"
     )
     lines.append(
         "accuracy per doubling of parameters: "
         + ", ".join(f"{k} pairs {v * 100:+.1f} pts" for k, v in s["per_size_doubling"].items())
-        + f" (Stiennon et al.: {published.get('size', 'n/a')} pts)"
+        + f" (Stiennon et al.: {published.get('size', 'n/a')} pts at 160M-13B parameters)"
     )
     ties = np.mean([p["ties"] for p in points])
     lines.append(f"held-out pairs with tied gold rewards (the annotator's coin flips): {ties:.1%} on average")
