@@ -13,7 +13,7 @@ from rlhf_bench.cli import load_config
 from rlhf_bench.config import ConfigError, TinyModelConfig
 from rlhf_bench.core import models
 from rlhf_bench.core.context import RunContext
-from rlhf_bench.core.rollout import pad, response_logprobs
+from rlhf_bench.core.rollout import generate, pad, response_logprobs
 from rlhf_bench.rewards.pretrained import PretrainedReward
 from rlhf_bench.rewards.reward import load_reward
 from rlhf_bench.tasks.sentiment import SentimentTask, SentimentTaskConfig
@@ -158,6 +158,25 @@ def test_lora_target_modules_error_names_the_key(sft_folders, tiny_lm):
     ctx = make_ctx(sft_folders["gpt2"], tok, "model.lora.enabled=true", "model.lora.target_modules=[no_such_layer]")
     with pytest.raises(ConfigError, match="model.lora.target_modules"):
         ctx.load_policy()
+
+
+def test_lora_reference_samples_with_its_cache_while_the_policy_trains(sft_folders, tiny_lm):
+    """With gradient checkpointing, a transformers model in training mode drops its KV cache: the
+    reference view must sample as the frozen base model does, whatever mode the policy is in."""
+    _, tok = tiny_lm
+    ctx = make_ctx(sft_folders["gpt2"], tok, "model.lora.enabled=true", "model.gradient_checkpointing=true")
+    policy = ctx.load_policy().train()
+    ref = ctx.load_reference()
+    prompt_ids, prompt_mask, _, _ = a_batch(ctx)
+    kwargs = dict(max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out = ref(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    assert out.cache.get_seq_length() == prompt_ids.shape[1]  # the prompt's keys and values are kept
+    while_training = generate(ref, prompt_ids, prompt_mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert policy.training  # left as it was
+    policy.eval()
+    with policy.disable_adapter():
+        frozen = generate(policy, prompt_ids, prompt_mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(while_training[0], frozen[0]) and torch.equal(while_training[1], frozen[1])
 
 
 # --- gradient checkpointing -----------------------------------------------------------------

@@ -6,6 +6,7 @@ saved with ``save_pretrained``; from there on it is loaded exactly as ``gpt2`` w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Iterable
@@ -195,9 +196,11 @@ class AdaptersDisabled(torch.nn.Module):
 
     The reference of a LoRA run without a second copy of the weights. The policy is held
     outside the module tree, so that ``eval()``, ``requires_grad_()`` or ``to()`` on the
-    reference never reach the policy (its training mode, its trainable adapters);
-    ``parameters()`` lists the shared base weights. Calls run under ``no_grad``, like a frozen
-    model; other attributes (``config``, ``device``) are the policy's.
+    reference never reach the policy (its trainable adapters); ``parameters()`` lists the shared
+    base weights. Calls run like a frozen model's: under ``no_grad``, with the policy in eval
+    mode for the call and back in its own mode after (a gradient-checkpointed transformers model
+    in training mode drops its KV cache, so sampling from the reference while the policy trains
+    would see no context). Other attributes (``config``, ``device``) are the policy's.
     """
 
     def __init__(self, policy: torch.nn.Module):
@@ -205,17 +208,27 @@ class AdaptersDisabled(torch.nn.Module):
         object.__setattr__(self, "policy", policy)  # not a submodule: see above
         self.eval()
 
+    @contextlib.contextmanager
+    def _frozen(self):
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with torch.no_grad(), self.policy.disable_adapter():
+                yield
+        finally:
+            self.policy.train(was_training)
+
     def forward(self, *args, cache=None, **kwargs):
         from rlhf_bench.core.rollout import _cache_argument
 
         if cache is not None:  # under the base model's own name for the KV-cache argument
             kwargs[_cache_argument(type(self.policy.get_base_model()))] = cache
-        with torch.no_grad(), self.policy.disable_adapter():
+        with self._frozen():
             return self.policy(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
         """``generate`` of the base model (lm-eval's generation tasks call it)."""
-        with torch.no_grad(), self.policy.disable_adapter():
+        with self._frozen():
             return self.policy.generate(*args, **kwargs)
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
