@@ -1,5 +1,5 @@
 """Reproduction 2: reward-model overoptimization (Gao, Schulman, Hilton 2022, Scaling Laws for
-Reward Model Overoptimization, Sec. 3, Figs. 1-3, eq. 1-2).
+Reward Model Overoptimization, Sec. 3, eq. 1-2).
 
 A proxy reward model learned from limited preference data is optimised against, and the gold
 reward (the task's own) is watched as the policy moves away from the SFT policy. With
@@ -30,8 +30,16 @@ world, the proxy by Monte Carlo).
 
 How the peak moves: the best-of-n curve (pool estimator) of proxies trained on fewer or more
 pairs (``preferences.n_train``) and with backbones of other sizes (``reward_model.backbone``),
-each fitted the same way. Gao et al. find the gold peak higher, and later, with more data and
-with larger reward models.
+each fitted the same way. Gao et al. find the gold peak higher with more data and with larger
+reward models, and later with larger ones (alpha_bon grows and beta_bon shrinks with RM size).
+
+Deviations from the paper:
+  1. The gold reward is the toy world's function and the labels come from a simulated annotator
+     on it (sigmoid of the gold gap / 0.1), not from a 6B gold reward model's scores.
+  2. A small per-token KL penalty (0.01) in PPO's reward; Gao et al. mostly use none.
+  3. Reward models train for a fixed 2 epochs at every data size (64 pairs: 4 optimiser steps).
+  4. The standard errors are over the pool of samples (bootstrap); reward-model seeds are not
+     repeated, so a trend across proxies carries their training noise unmeasured.
 """
 
 from __future__ import annotations

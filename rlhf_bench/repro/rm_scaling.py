@@ -24,6 +24,14 @@ The checks: accuracy rises with data at every size, rises with size at the large
 (rank correlation and the end-to-end rise beyond noise), and never exceeds the ceiling beyond
 noise. The published slopes per doubling are reported beside ours (log2-linear least squares),
 not checked: they belong to another regime (human labels, 8k-64k comparisons, 160M-13B models).
+
+Deviations from the paper:
+  1. Labels from a simulated annotator on the toy world's gold reward, not from people.
+  2. Two epochs over the pairs at every data size (Stiennon et al.: one), so the smallest data
+     sizes also get few optimiser steps (64 pairs: 4, inside the 20-step warmup).
+  3. One reward-model seed per grid point: the standard errors are the held-out pairs' only.
+  4. Each preference stage draws its own held-out pairs (they change with ``n_train``); at one
+     ``n_train`` every size is scored on the same pairs.
 """
 
 from __future__ import annotations
