@@ -8,6 +8,7 @@ from rlhf_bench.core.ops import (
     entropy_from_logits,
     gae,
     last_token_index,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_var,
@@ -48,6 +49,16 @@ def test_logprobs_and_entropy():
     ent = entropy_from_logits(logits)
     h1 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     assert torch.allclose(ent, torch.tensor([[h1, math.log(2.0)]]), atol=1e-6)
+
+
+def test_logprobs_and_entropy_from_one_log_softmax():
+    """The fused helper gives exactly the two separate computations; the entropy has no graph."""
+    logits = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    labels = torch.tensor([[0, 6, 3], [2, 2, 5]])
+    lp, ent = logprobs_and_entropy(logits, labels, with_entropy=True)
+    assert torch.equal(lp, logprobs_from_logits(logits, labels))
+    assert torch.equal(ent, entropy_from_logits(logits.detach())) and not ent.requires_grad
+    assert logprobs_and_entropy(logits, labels)[1] is None
 
 
 def _gae_loop(rewards, values, length, gamma, lam):

@@ -1,5 +1,7 @@
 """Generation and the shared forward passes, with left padding."""
 
+import copy
+
 import torch
 
 from rlhf_bench.core import models
@@ -94,3 +96,64 @@ def test_generation_masks_after_eos_and_never_samples_pad(tiny_lm):
         assert all(t == tok.pad_token_id for t in row[n:])
         if tok.eos_token_id in row[:n]:
             assert row.index(tok.eos_token_id) == n - 1  # the mask ends at the first EOS
+
+
+def _repeated_prompts(tok):
+    """Six left-padded rows: two prompts three times each, interleaved, and one of them alone."""
+    texts = ["the movie was", "my friends said the plot was", "the movie was", "the movie was"]
+    texts += ["my friends said the plot was", "my friends said the plot was", "i liked it"]
+    return pad([tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id, "left")
+
+
+def test_generation_prefills_each_distinct_prompt_once(tiny_lm, monkeypatch):
+    """Rows with the same prompt share one prefill (its keys and values copied to each row), in a
+    preallocated cache; the samples are those of the plain path (a prefill per row, the cache
+    transformers grows by concatenation)."""
+    from rlhf_bench.core import rollout
+
+    model, tok = tiny_lm
+    ids, mask = _repeated_prompts(tok)
+    kwargs = dict(max_new_tokens=12, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    kwargs["banned_token_ids"] = models.banned_tokens(tok)
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["input_ids"].shape), with_kwargs=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        shared = generate(model, ids, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert batch_sizes[0] == (3, ids.shape[1])  # one prefill row per distinct prompt
+        assert all(shape == (7, 1) for shape in batch_sizes[1:])
+        monkeypatch.setattr(rollout, "_full_attention_only", lambda model: False)  # the plain path
+        plain = generate(model, ids, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+        hook.remove()
+    assert torch.equal(shared[0], plain[0]) and torch.equal(shared[1], plain[1])
+    assert shared[0].shape[1] == 12 or bool((shared[0] == tok.eos_token_id).any(-1).all())
+
+
+def test_logprobs_with_shared_prompts_match_full_passes(tiny_lm, monkeypatch):
+    """One pass per distinct prompt, then the responses on its copied keys and values, gives the
+    log-probs and the gradients of a whole pass per row."""
+    from rlhf_bench.core import rollout
+
+    model, tok = tiny_lm
+    model = copy.deepcopy(model).train()
+    p_ids, p_mask = _repeated_prompts(tok)
+    generator = torch.Generator().manual_seed(0)
+    r_ids = torch.randint(2, len(tok), (p_ids.shape[0], 5), generator=generator)
+    r_mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] * 5, [1] * 4 + [0], [1] * 5, [1, 0, 0, 0, 0], [1] * 5])
+    results = {}
+    for path in ("shared", "plain"):
+        if path == "plain":
+            monkeypatch.setattr(rollout, "_shared_prompts", lambda ids, mask: None)
+        model.zero_grad()
+        logp, entropy = response_logprobs(model, p_ids, p_mask, r_ids, r_mask, temperature=0.7, with_entropy=True)
+        (logp * r_mask).sum().backward()
+        results[path] = (logp.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()})
+    (logp_s, ent_s, grad_s), (logp_p, ent_p, grad_p) = results["shared"], results["plain"]
+    mask = r_mask.bool()
+    torch.testing.assert_close(logp_s[mask], logp_p[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_s[mask], ent_p[mask], atol=1e-5, rtol=1e-5)
+    for name, grad in grad_p.items():
+        torch.testing.assert_close(grad_s[name], grad, atol=1e-5, rtol=1e-4, msg=name)

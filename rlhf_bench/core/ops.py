@@ -58,6 +58,21 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+def logprobs_and_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, R, V] logits, [B, R] token ids -> ([B, R] log p(label), [B, R] entropy or None), both
+    from one log-softmax (the same values as ``logprobs_from_logits`` and ``entropy_from_logits``,
+    one pass over [B, R, V] fewer). The entropy is for logging: computed without a graph."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return token_logp, None
+    with torch.no_grad():
+        detached = logp.detach()
+        return token_logp, -(detached.exp() * detached).sum(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """[B, R, V] -> [B, R] entropy of the categorical distribution."""
     logp = F.log_softmax(logits.float(), dim=-1)

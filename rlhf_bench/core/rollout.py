@@ -16,12 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_bench.core.ops import (
-    entropy_from_logits,
-    last_token_index,
-    logprobs_from_logits,
-    position_ids_from_mask,
-)
+from rlhf_bench.core import distributed
+from rlhf_bench.core.ops import last_token_index, logprobs_and_entropy, position_ids_from_mask
 
 
 @dataclass
@@ -75,6 +71,78 @@ def _model_cache(output) -> object:
     return output.get("cache", None) if "cache" in output else output.get("past_key_values", None)
 
 
+def _full_attention_only(model: torch.nn.Module) -> bool:
+    """Whether every layer of ``model`` keeps a plain KV cache (no sliding window, no linear attention):
+    the cases ``generate`` may hand its own cache to."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return set(types) <= {"full_attention"}
+    return getattr(config, "sliding_window", None) is None
+
+
+@functools.cache
+def _preallocated_layer():
+    """A transformers KV-cache layer that holds room for ``capacity`` positions from the start and
+    writes each step in place. The default layer grows by ``torch.cat``, re-copying the whole cache
+    at every step of every layer (O(R^2) copies over a response of R tokens); this one returns
+    views of its first positions, so attention sees exactly what it sees with the default."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            batch, heads = key_states.shape[:2]
+            self.device = key_states.device
+            self.key_buffer = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
+            self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            start, self.length = self.length, self.length + key_states.shape[-2]
+            self.key_buffer[:, :, start : self.length].copy_(key_states)
+            self.value_buffer[:, :, start : self.length].copy_(value_states)
+            self.keys = self.key_buffer[:, :, : self.length]
+            self.values = self.value_buffer[:, :, : self.length]
+            return self.keys, self.values
+
+    return PreallocatedLayer
+
+
+def _expanded_cache(prefill_cache, rows: torch.Tensor | None, capacity: int):
+    """The prefill's KV cache copied into preallocated layers of ``capacity`` positions, row
+    ``rows[i]`` of the prefill becoming row i (``rows`` None: the same rows)."""
+    from transformers.cache_utils import Cache
+
+    layers = []
+    for prefill_layer in prefill_cache.layers:
+        keys, values = prefill_layer.keys, prefill_layer.values
+        if rows is not None:
+            keys, values = keys.index_select(0, rows), values.index_select(0, rows)
+        layer = _preallocated_layer()(capacity)
+        layer.update(keys, values)
+        layers.append(layer)
+    return Cache(layers=layers)
+
+
+def _shared_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """(unique prompt rows, for each row the index of its unique row), or None when all rows differ."""
+    rows, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
+    if rows.shape[0] == prompt_ids.shape[0]:
+        return None
+    length = prompt_ids.shape[1]
+    return rows[:, :length], rows[:, length:], inverse
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -93,44 +161,69 @@ def generate(
     R <= max_new_tokens (generation stops when every row has emitted EOS). Tokens after a
     row's first EOS are set to ``pad_token_id`` and masked out. ``banned_token_ids`` (pad,
     bos, unk) are never sampled.
+
+    On a model whose layers all keep a plain KV cache, rows with the same prompt (the k samples
+    of each prompt in GRPO and RLOO) share one prefill pass, copied to each row, and the cache
+    is preallocated for the whole response; the samples drawn are those of one pass per row.
     """
     # a peft model forwards **kwargs to the model it wraps: ask that model for the argument's name
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache_arg = _cache_argument(type(inner))
-    batch = prompt_ids.shape[0]
+    own_cache = _full_attention_only(inner)
+    batch, prompt_length = prompt_ids.shape
     device = prompt_ids.device
-    attention_mask = prompt_mask.clone()
-    position_ids = position_ids_from_mask(attention_mask)
-    input_ids, cache = prompt_ids, None
-    tokens, finished = [], torch.zeros(batch, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_arg: cache},
-        )
+    # The whole attention mask up front (prompt, then ones): each step passes a longer view of it.
+    attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
+    position_ids = position_ids_from_mask(prompt_mask)
+    banned = torch.as_tensor(sorted(set(banned_token_ids)), dtype=torch.long, device=device)
+    banned = banned.view(1, -1).expand(batch, -1)
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    shared = _shared_prompts(prompt_ids, prompt_mask) if own_cache and max_new_tokens > 0 else None
+    input_ids, cache, length = prompt_ids, None, 0
+    for step in range(max_new_tokens):
+        if step == 0 and shared is not None:
+            rows_ids, rows_mask, rows = shared
+            out = model(
+                input_ids=rows_ids,
+                attention_mask=rows_mask,
+                position_ids=position_ids_from_mask(rows_mask),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1, :].index_select(0, rows)
+        else:
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask[:, : prompt_length + step],
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_arg: cache},
+            )
+            logits = out.logits[:, -1, :]
         cache = _model_cache(out)
-        logits = out.logits[:, -1, :].float() / temperature
-        if banned_token_ids:
-            logits[:, list(banned_token_ids)] = float("-inf")
+        if step == 0 and own_cache:
+            cache = _expanded_cache(cache, shared[2] if shared is not None else None, prompt_length + max_new_tokens)
+        logits = logits.float()
+        if temperature != 1.0:  # x / 1.0 == x: skip a pass over [B, V]
+            logits = logits / temperature
+        logits = logits.scatter(1, banned, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         if generator is not None and generator.device != probs.device:
             next_token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
         else:
             next_token = torch.multinomial(probs, 1, generator=generator)
         next_token = next_token.squeeze(-1).masked_fill(finished, pad_token_id)
-        tokens.append(next_token)
+        tokens[:, step] = next_token
+        length = step + 1
         finished |= next_token == eos_token_id
         if bool(finished.all()):
             break
         # Finished rows keep attending normally; their later tokens are discarded below.
         input_ids = next_token.unsqueeze(-1)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1
-    response_ids = torch.stack(tokens, dim=1)
+    response_ids = tokens[:, :length]
     is_eos = (response_ids == eos_token_id).long()
     # A token is real if no EOS came strictly before it.
     eos_before = is_eos.cumsum(-1) - is_eos
@@ -145,6 +238,15 @@ def _sequence(prompt_ids, prompt_mask, response_ids, response_mask):
     return input_ids, attention_mask, position_ids_from_mask(attention_mask)
 
 
+def _checkpointing(model: torch.nn.Module) -> bool:
+    """Whether ``model`` recomputes activations in this call (gradient checkpointing in training
+    mode with grad on): transformers then drops the KV cache inside the layers."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag) and model.training and torch.is_grad_enabled()
+
+
 def response_logits(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -152,17 +254,64 @@ def response_logits(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Next-token logits at the positions that predict each response token: [B, R, V]."""
-    input_ids, attention_mask, position_ids = _sequence(prompt_ids, prompt_mask, response_ids, response_mask)
+    """Next-token logits at the positions that predict each response token: [B, R, V].
+
+    The last response token predicts nothing scored: it is left out of the pass (causal attention:
+    no other position sees it), and the LM head runs on the R positions that predict response
+    tokens, not on the prompt's. Rows with the same prompt (the k samples of each prompt in GRPO
+    and RLOO, the chosen and rejected response of a DPO pair) run their prompt once and continue
+    from its keys and values, copied to each row; the gradients of the copies add up in the shared
+    pass. Not under gradient checkpointing (it drops the cache), nor on an FSDP-sharded model (its
+    units reshard after each forward: one forward per backward), nor on models with other kinds of
+    attention layers: there every row runs whole.
+    """
     length = response_ids.shape[1]
-    # Only the last R+1 positions are needed; skipping the prompt's logits saves the LM head's work.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if length > 0 and _full_attention_only(inner) and not _checkpointing(inner) and not distributed.is_sharded(model):
+        shared = _shared_prompts(prompt_ids, prompt_mask) if prompt_ids.shape[1] > 1 else None
+        if shared is not None:
+            return _logits_after_shared_prompts(
+                model, _cache_argument(type(inner)), shared, response_ids, response_mask
+            )
+    input_ids, attention_mask, position_ids = _sequence(prompt_ids, prompt_mask, response_ids, response_mask)
+    if length == 0:
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, :0]
     out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=length + 1,
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        logits_to_keep=length,
     )
-    return out.logits[:, :-1, :]
+    return out.logits
+
+
+def _logits_after_shared_prompts(model, cache_arg: str, shared, response_ids, response_mask) -> torch.Tensor:
+    """``response_logits`` with one pass over each distinct prompt but its last token (``shared``: the
+    distinct rows, their masks, and for each row of the batch the index of its prompt), then one
+    over the last prompt token and the responses (all but their last token), attending to the
+    prompts' keys and values. All the logits come from the second pass, so that the LM head runs
+    on the same rows as in a whole pass per row."""
+    rows_ids, rows_mask, rows = shared
+    head = model(
+        input_ids=rows_ids[:, :-1],
+        attention_mask=rows_mask[:, :-1],
+        position_ids=position_ids_from_mask(rows_mask)[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = _model_cache(head)
+    cache.batch_select_indices(rows)  # each row gets its prompt's keys and values (differentiable)
+    prompt_ids, prompt_mask = rows_ids.index_select(0, rows), rows_mask.index_select(0, rows)
+    attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)
+    prompt_length = prompt_ids.shape[1]
+    tail = model(
+        input_ids=torch.cat([prompt_ids[:, -1:], response_ids[:, :-1]], dim=1),
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask)[:, prompt_length - 1 :],
+        use_cache=True,
+        **{cache_arg: cache},
+    )
+    return tail.logits
 
 
 def response_logprobs(
@@ -178,11 +327,11 @@ def response_logprobs(
 
     Values at masked positions are meaningless; mask them before use.
     """
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    logits = logits.float() / temperature
-    logprobs = logprobs_from_logits(logits, response_ids)
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask).float()
+    if temperature != 1.0:  # x / 1.0 == x: skip a pass over [B, R, V] (and its backward)
+        logits = logits / temperature
     # Entropy is logged, not optimised: no graph for it.
-    return logprobs, (entropy_from_logits(logits.detach()) if with_entropy else None)
+    return logprobs_and_entropy(logits, response_ids, with_entropy)
 
 
 def response_values(
