@@ -40,12 +40,12 @@ test-fast: $(VENV)/.installed-dev  ## the test suite without the slow end-to-end
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 format: $(VENV)/.installed-dev  ## ruff format + fix
-	$(BIN)/ruff format rlhf_bench tests sweeps examples
-	$(BIN)/ruff check --fix rlhf_bench tests sweeps examples
+	$(BIN)/ruff format rlhf_bench tests sweeps examples benchmarks
+	$(BIN)/ruff check --fix rlhf_bench tests sweeps examples benchmarks
 
 lint: $(VENV)/.installed-dev  ## ruff check
-	$(BIN)/ruff check rlhf_bench tests sweeps examples
-	$(BIN)/ruff format --check rlhf_bench tests sweeps examples
+	$(BIN)/ruff check rlhf_bench tests sweeps examples benchmarks
+	$(BIN)/ruff format --check rlhf_bench tests sweeps examples benchmarks
 
 clean:  ## remove the environment and generated outputs
 	rm -rf $(VENV) artifacts results/runs results/multirun

@@ -31,7 +31,8 @@ from rlhf_bench.tasks.sentiment import SentimentTask, SentimentTaskConfig
 
 MODELS = {
     "tiny": TinyModelConfig(max_positions=320),  # the default (4 layers, d 128, vocab 1024), longer context
-    "25m": TinyModelConfig(n_layer=6, d_model=512, n_head=8, vocab_size=8192, max_positions=320),
+    # the ~25M config of benchmarks/common.py (8 layers, d 512; the task's text caps the vocabulary at ~576)
+    "25m": TinyModelConfig(n_layer=8, d_model=512, n_head=8, vocab_size=16384, max_positions=320),
 }
 
 
@@ -57,8 +58,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="8,32,128,256")
     parser.add_argument("--lengths", default="32,128,256", help="response lengths (tokens)")
     parser.add_argument("--no-cache-max", type=int, default=32 * 128, help="run the no-cache baseline up to B*R")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default="results/benchmarks/rollout.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     models.quiet_transformers()
     torch.manual_seed(0)
@@ -77,6 +81,8 @@ def main() -> None:
             tok = models.train_tokenizer(task.sft_texts, cfg.vocab_size)
             model = models.build_tiny_model(cfg, tok, seed=0).eval()
             built[name] = (model, tok, sum(p.numel() for p in model.parameters()))
+            warm_ids, warm_mask = pad([tok("the movie", add_special_tokens=False)["input_ids"]] * 2, 0, "left")
+            generate(model, warm_ids, warm_mask, max_new_tokens=4, eos_token_id=-1, pad_token_id=0)  # untimed
         model, tok, n_params = built[name]
         prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in task.train_prompts[:batch]]
         prompt_ids, prompt_mask = pad(prompts, tok.pad_token_id, "left")
