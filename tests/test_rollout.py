@@ -157,3 +157,32 @@ def test_logprobs_with_shared_prompts_match_full_passes(tiny_lm, monkeypatch):
     torch.testing.assert_close(ent_s[mask], ent_p[mask], atol=1e-5, rtol=1e-5)
     for name, grad in grad_p.items():
         torch.testing.assert_close(grad_s[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_banned_tokens_get_no_probability_but_a_banned_label_stays_finite(tiny_lm):
+    """response_logprobs with banned tokens: the log-softmax over the others only (and its gradient
+    none for the banned logits); a response token that is itself banned (data the sampler did not
+    produce) keeps its unmasked log-prob instead of -inf."""
+    model, tok = tiny_lm
+    generator = torch.Generator().manual_seed(0)
+    p_ids = torch.randint(3, len(tok), (2, 4), generator=generator)
+    r_ids = torch.randint(3, len(tok), (2, 5), generator=generator)
+    banned = [1, 2, 7]
+    r_ids[r_ids == 7] = 8
+    ones = torch.ones_like
+    plain, _ = response_logprobs(model, p_ids, ones(p_ids), r_ids, ones(r_ids))
+    masked, entropy = response_logprobs(
+        model, p_ids, ones(p_ids), r_ids, ones(r_ids), with_entropy=True, banned_token_ids=banned
+    )
+    from rlhf_bench.core.rollout import response_logits
+
+    logits = response_logits(model, p_ids, ones(p_ids), r_ids, ones(r_ids)).float()
+    keep = torch.ones(logits.shape[-1], dtype=torch.bool)
+    keep[banned] = False
+    by_hand = logits.gather(-1, r_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits[..., keep], -1)
+    torch.testing.assert_close(masked, by_hand, atol=1e-5, rtol=1e-5)
+    assert (masked > plain).all() and torch.isfinite(entropy).all()
+    r_ids[0, 2] = 7  # a banned token in the data
+    masked, _ = response_logprobs(model, p_ids, ones(p_ids), r_ids, ones(r_ids), banned_token_ids=banned)
+    plain, _ = response_logprobs(model, p_ids, ones(p_ids), r_ids, ones(r_ids))
+    assert torch.isfinite(masked).all() and masked[0, 2] == plain[0, 2]

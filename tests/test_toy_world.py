@@ -234,6 +234,37 @@ def test_enumerated_logprobs_sum_to_one_and_match_response_logprobs():
     assert masked.tolist() == pytest.approx(renormalised.tolist(), abs=1e-5)
 
 
+def test_run_logprobs_are_the_sampled_distribution_and_cannot_be_gamed():
+    """ctx.logprobs (every loss and KL of the methods and the evaluation) is the distribution the
+    sampler draws from: summed over a response it equals the exact enumeration, and moving mass
+    onto tokens the sampler never draws (what PPO did to lower its measured KL) changes nothing."""
+    task, tok, model = _tiny_world(alphabet=4, length=3)
+    ctx = _context(task, tok)
+    allowed, banned = ctx.response_token_ids(), ctx.banned_token_ids()
+    prompt_ids = ctx.encode_prompts([task.eval_prompts[0]])[0]
+    ids = torch.tensor(allowed)[exact.all_responses(len(allowed), 3)]
+    prompt = torch.tensor([prompt_ids]).expand(len(ids), -1)
+    ones = torch.ones_like
+    for temperature in (1.0, 0.7):
+        per_token, entropy = ctx.logprobs(model, prompt, ones(prompt), ids, ones(ids), temperature, with_entropy=True)
+        expected = exact.sequence_logprobs(model, prompt_ids, allowed, 3, temperature)
+        assert per_token.double().sum(-1).tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+        assert torch.isfinite(entropy).all() and (entropy <= math.log(len(allowed)) + 1e-5).all()
+    # push mass onto the banned tokens (EOS, PAD, UNK, ":"): the raw log-probs fall, ours do not
+    bias = torch.zeros(len(tok))
+    bias[banned] = 5.0
+    before_raw, _ = response_logprobs(model, prompt, ones(prompt), ids, ones(ids))
+    before, _ = ctx.logprobs(model, prompt, ones(prompt), ids, ones(ids))
+    hook = model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
+    try:
+        after_raw, _ = response_logprobs(model, prompt, ones(prompt), ids, ones(ids))
+        after, _ = ctx.logprobs(model, prompt, ones(prompt), ids, ones(ids))
+    finally:
+        hook.remove()
+    assert (after_raw < before_raw - 1.0).all()
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
 def test_sampler_draws_exactly_the_enumerated_distribution():
     """Toy responses are always L allowed symbols, no EOS, and their frequencies match exp(log pi)."""
     task, tok, model = _tiny_world(alphabet=2, length=2, key_length=1, n_prompts=1, seed=3)

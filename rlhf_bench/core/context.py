@@ -18,7 +18,7 @@ from rlhf_bench.config import Config, ConfigError
 from rlhf_bench.core import distributed, models
 from rlhf_bench.core.checkpoint import Checkpointer
 from rlhf_bench.core.device import autocast
-from rlhf_bench.core.rollout import generate, pad
+from rlhf_bench.core.rollout import generate, pad, response_logprobs
 from rlhf_bench.core.train import Cost
 from rlhf_bench.tracking.wandb_run import Tracker
 
@@ -281,6 +281,30 @@ class RunContext:
         model.train(was_training)
         self.cost.tokens_generated += int(out[1].sum())
         return out
+
+    def logprobs(
+        self,
+        model: torch.nn.Module,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs (and entropy) of responses under the distribution ``sample`` draws
+        from: at ``temperature``, the tokens it never draws masked out. Every loss and KL of the
+        methods and the evaluation goes through here: ([B, R], [B, R] or None)."""
+        return response_logprobs(
+            model,
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            banned_token_ids=self.banned_token_ids(),
+        )
 
     @torch.no_grad()
     def score(self, reward, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:

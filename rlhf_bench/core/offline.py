@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from rlhf_bench.config import require
 from rlhf_bench.core import distributed
 from rlhf_bench.core.ops import masked_sum
-from rlhf_bench.core.rollout import response_logprobs
 from rlhf_bench.core.train import (
     check_finite,
     epoch_batches,
@@ -63,9 +62,10 @@ class PairLogps:
     ref_mismatched: torch.Tensor | None = None
 
 
-def sequence_logps(model, prompt_ids, prompt_mask, response_ids, response_mask, average: bool) -> torch.Tensor:
-    """[B] log pi(y|x) summed over response tokens, or averaged over them when ``average``."""
-    logp, _ = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+def sequence_logps(ctx, model, prompt_ids, prompt_mask, response_ids, response_mask, average: bool) -> torch.Tensor:
+    """[B] log pi(y|x) summed over response tokens, or averaged over them when ``average``
+    (under the distribution the run samples from: ``RunContext.logprobs``)."""
+    logp, _ = ctx.logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
     mask = response_mask.float()
     total = masked_sum(logp, mask, dim=-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
@@ -86,7 +86,7 @@ def _logps(ctx, model, pairs, idx, average, mismatched):
         response_ids = torch.cat([response_ids, response_ids[shift]])
         response_mask = torch.cat([response_mask, response_mask[shift]])
     with ctx.autocast():
-        out = sequence_logps(model, prompt_ids, prompt_mask, response_ids, response_mask, average)
+        out = sequence_logps(ctx, model, prompt_ids, prompt_mask, response_ids, response_mask, average)
     tokens = int(prompt_mask.sum() + response_mask.sum())
     return out[:n], out[n : 2 * n], (out[2 * n :] if mismatched else None), tokens
 

@@ -322,16 +322,32 @@ def response_logprobs(
     response_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    banned_token_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log pi(response token | context) at ``temperature``: ([B, R], [B, R] entropy or None).
 
-    Values at masked positions are meaningless; mask them before use.
+    ``banned_token_ids``: tokens the sampler never draws (``generate``'s): they get no probability,
+    so these are the log-probs of the distribution the responses were sampled from. Without it a
+    policy could lower its measured KL by moving mass onto tokens it can never emit (the exact toy
+    world showed PPO doing so). A response token that is itself banned (data not sampled by us)
+    keeps its unmasked log-prob rather than -inf. Values at masked positions are meaningless; mask
+    them before use. Use ``RunContext.logprobs``, which passes the run's banned tokens.
     """
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask).float()
     if temperature != 1.0:  # x / 1.0 == x: skip a pass over [B, R, V] (and its backward)
         logits = logits / temperature
-    # Entropy is logged, not optimised: no graph for it.
-    return logprobs_and_entropy(logits, response_ids, with_entropy)
+    if len(banned_token_ids) == 0:
+        # Entropy is logged, not optimised: no graph for it.
+        return logprobs_and_entropy(logits, response_ids, with_entropy)
+    banned = torch.as_tensor(list(banned_token_ids), dtype=torch.long, device=logits.device)
+    # the dtype's lowest finite value, not -inf: exp gives exactly 0 and 0 * log 0 stays 0 in the entropy
+    masked = logits.index_fill(-1, banned, torch.finfo(logits.dtype).min)
+    token_logp, entropy = logprobs_and_entropy(masked, response_ids, with_entropy)
+    label_banned = torch.isin(response_ids, banned) & response_mask.bool()
+    if bool(label_banned.any()):
+        unmasked, _ = logprobs_and_entropy(logits, response_ids)
+        token_logp = torch.where(label_banned, unmasked, token_logp)
+    return token_logp, entropy
 
 
 def response_values(

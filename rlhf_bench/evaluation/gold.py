@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 from rlhf_bench.config import EvalConfig
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.ops import masked_sum
-from rlhf_bench.core.rollout import response_logprobs
 from rlhf_bench.core.train import batches
 
 
@@ -80,8 +79,8 @@ def _samples(
             out["kl"].append(torch.full((len(chunk),), float(model.analytic_kl)))
         else:
             with ctx.autocast():
-                logp, _ = response_logprobs(model, *batch, temperature=cfg.temperature)
-                ref_logp, _ = response_logprobs(ref, *batch, temperature=cfg.temperature)
+                logp, _ = ctx.logprobs(model, *batch, temperature=cfg.temperature)
+                ref_logp, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
             out["kl"].append(masked_sum(logp - ref_logp, response_mask.float(), dim=-1).cpu())
         out["length"].append(response_mask.sum(-1).float().cpu())
         out["eos"].append((response_ids == ctx.tokenizer.eos_token_id).any(-1).float().cpu())

@@ -17,7 +17,7 @@ from tqdm.auto import trange
 from rlhf_bench.config import require
 from rlhf_bench.core import distributed
 from rlhf_bench.core.ops import masked_mean
-from rlhf_bench.core.rollout import pad, response_logprobs
+from rlhf_bench.core.rollout import pad
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
 from rlhf_bench.methods.best_of_n import select_best
 from rlhf_bench.methods.rloo import sample_groups
@@ -77,7 +77,7 @@ def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
             prompt_ids, prompt_mask = pad([kept_p[i] for i in idx], pad_id, "left", ctx.device)
             response_ids, response_mask = pad([kept_r[i] for i in idx], pad_id, "right", ctx.device)
             with ctx.autocast():
-                logp, _ = response_logprobs(policy, prompt_ids, prompt_mask, response_ids, response_mask)
+                logp, _ = ctx.logprobs(policy, prompt_ids, prompt_mask, response_ids, response_mask)
             loss = -masked_mean(logp, response_mask.float())  # next-token loss on the response only
             check_finite(loss, "expert_iteration/loss", step)
             grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)

@@ -22,7 +22,6 @@ from tqdm.auto import trange
 from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.kl import KL_ESTIMATORS, kl_penalty
 from rlhf_bench.core.ops import masked_mean
-from rlhf_bench.core.rollout import response_logprobs
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
 from rlhf_bench.methods.rloo import sample_groups
 
@@ -122,14 +121,14 @@ def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
         mask = batch[3].float()
         with torch.no_grad(), ctx.autocast():
             scores = ctx.score(reward, *batch)
-            ref_logp, _ = response_logprobs(ref, *batch, temperature=cfg.temperature)
+            ref_logp, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
             # With one update per batch (mu = 1) the sampling policy is the policy being updated:
             # its log-probs are the first update's, detached, and cost no forward pass of their own.
-            old_logp = response_logprobs(policy, *batch, temperature=cfg.temperature)[0] if cfg.iterations > 1 else None
+            old_logp = ctx.logprobs(policy, *batch, temperature=cfg.temperature)[0] if cfg.iterations > 1 else None
         advantages = group_advantages(scores, cfg.group_size, cfg.scale_rewards)
         for _ in range(cfg.iterations):
             with ctx.autocast():
-                logp, entropy = response_logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
+                logp, entropy = ctx.logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
             if old_logp is None:
                 old_logp = logp.detach()
             loss, stats = grpo_loss(

@@ -38,7 +38,7 @@ from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
 from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
 from rlhf_bench.core.ops import gae, last_token_index, masked_mean, masked_whiten
-from rlhf_bench.core.rollout import Rollout, response_logprobs, response_values, score_head
+from rlhf_bench.core.rollout import Rollout, response_values, score_head
 from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step
 from rlhf_bench.evaluation.periodic import PeriodicEval
 from rlhf_bench.rewards.reward import value_init_member
@@ -142,8 +142,8 @@ def rollout(
     response_ids, mask = ctx.sample(policy, prompt_ids, prompt_mask, cfg.temperature, generator)
     batch = (prompt_ids, prompt_mask, response_ids, mask)
     with ctx.autocast():
-        logprobs, _ = response_logprobs(policy, *batch, temperature=cfg.temperature)
-        ref_logprobs, _ = response_logprobs(ref, *batch, temperature=cfg.temperature)
+        logprobs, _ = ctx.logprobs(policy, *batch, temperature=cfg.temperature)
+        ref_logprobs, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
         values = response_values(value, *batch)
     scores = ctx.score(reward, *batch)
     has_eos = (response_ids == ctx.tokenizer.eos_token_id).any(-1)
@@ -181,7 +181,7 @@ def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: Rollout, generat
             mb = data.select(index)
             batch = (mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
             with ctx.autocast():
-                logprobs, entropy = response_logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
+                logprobs, entropy = ctx.logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
                 values = response_values(value, *batch)
             x, mask = mb.extras, mb.response_mask
             pg_loss, pg_stats = clipped_policy_loss(logprobs, x["logprobs"], x["advantages"], mask, cfg.clip_range)

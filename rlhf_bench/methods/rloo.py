@@ -22,7 +22,6 @@ from tqdm.auto import trange
 from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.kl import KL_ESTIMATORS, kl_penalty
 from rlhf_bench.core.ops import masked_mean, masked_sum
-from rlhf_bench.core.rollout import response_logprobs
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
 
 
@@ -91,9 +90,9 @@ def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
         with torch.no_grad():
             scores = ctx.score(reward, *batch)
             with ctx.autocast():
-                ref_logp, _ = response_logprobs(ref, *batch, temperature=cfg.temperature)
+                ref_logp, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
         with ctx.autocast():
-            logp, entropy = response_logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
+            logp, entropy = ctx.logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
         kl = masked_sum(kl_penalty(logp.detach(), ref_logp, cfg.kl_estimator), mask, dim=-1)
         rewards = scores - cfg.kl_coef * kl
         advantages = leave_one_out_advantages(rewards, cfg.k)
