@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import fast_overrides
+from conftest import RM_FAST
 
 from rlhf_bench.cli import load_config
 from rlhf_bench.repro import cli as repro_cli
@@ -84,20 +84,42 @@ def test_cli_lists_and_refuses_bad_input(capsys):
     assert "lrr" in capsys.readouterr().err
 
 
+TOY_TINY = [
+    "task.alphabet=4",
+    "task.response_length=4",
+    "task.n_prompts=4",
+    "task.n_sft=500",
+    "model.tiny.n_layer=1",
+    "model.tiny.d_model=32",
+    "model.tiny.n_head=2",
+    "sft.steps=30",
+    "sft.batch_size=32",
+    "preferences.n_train=128",
+    "preferences.n_eval=64",
+    "eval.n_prompts=16",
+    "device=cpu",
+    "logger.mode=disabled",
+    "method.steps=4",
+    "method.batch_size=16",
+    "method.num_minibatches=2",
+    "method.ppo_epochs=1",
+    *RM_FAST,
+]
+
+
 @pytest.mark.slow
 def test_a_reproduction_writes_its_verdict_into_records_and_leaderboard(tmp_path, capsys):
     from rlhf_bench.report import leaderboard
 
     root = tmp_path
-    overrides = [o for o in fast_overrides(root) if not o.startswith("paths.") and not o.startswith("method.steps")]
     args = ["adaptive_kl_target", "--quick", f"--results-dir={root}/results", f"--artifacts-dir={root}/artifacts"]
-    assert repro_cli.main([*args, "--", *overrides, "logger.mode=disabled", "method.steps=4"]) == 0
+    assert repro_cli.main([*args, "--", *TOY_TINY]) == 0
     out = capsys.readouterr().out
     assert "verdict:" in out and ("PASS" in out or "FAIL" in out)
     verdicts = sorted((root / "results" / "repro" / "adaptive_kl_target").glob("*.json"))
     assert len(verdicts) == 1
     verdict = json.loads(verdicts[0].read_text())
-    assert verdict["quick"] is True and verdict["verdict"] in ("PASS", "FAIL") and len(verdict["checks"]) == 3
+    assert verdict["quick"] is True and verdict["verdict"] in ("PASS", "FAIL") and len(verdict["checks"]) == 4
     assert verdict["verdict"] == ("PASS" if all(c["passed"] for c in verdict["checks"]) else "FAIL")
     (run_id,) = verdict["runs"]
     record = json.loads((root / "results" / "runs" / run_id / "record.json").read_text())
@@ -105,9 +127,10 @@ def test_a_reproduction_writes_its_verdict_into_records_and_leaderboard(tmp_path
     assert record["reproductions"]["adaptive_kl_target"]["verdict"] == verdict["verdict"]
     assert record["reproductions"]["adaptive_kl_target"]["verdict_path"] == str(verdicts[0])
     # run again: the finished run of the same config is reused, not retrained
-    assert repro_cli.main([*args, "--", *overrides, "logger.mode=disabled", "method.steps=4"]) == 0
+    assert repro_cli.main([*args, "--", *TOY_TINY]) == 0
     assert len(list((root / "results" / "runs").iterdir())) == 1
-    # the leaderboard lists the latest verdict
+    # the leaderboard lists the latest verdict (and the toy run's regret)
     assert leaderboard.main(["--results-dir", str(root / "results"), "--no-plots", "--wandb", "disabled"]) == 0
     markdown = (root / "results" / "leaderboard.md").read_text()
     assert "## Reproductions" in markdown and "| adaptive_kl_target |" in markdown
+    assert "regret (mean ± std)" in markdown
