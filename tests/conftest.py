@@ -48,6 +48,25 @@ def wandb_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+# The exact toy world at its smallest (4 letters, 4 positions, 4 prompts: 256 responses a prompt) and
+# a one-layer model: the budget of every end-to-end test on task=toy (add task=toy where the
+# experiment does not set it, and the reward-model and method keys the test needs).
+TOY_TINY = [
+    "task.alphabet=4",
+    "task.response_length=4",
+    "task.n_prompts=4",
+    "task.n_sft=500",
+    "model.tiny.n_layer=1",
+    "model.tiny.d_model=32",
+    "model.tiny.n_head=2",
+    "sft.steps=30",
+    "sft.batch_size=32",
+    "preferences.n_eval=64",
+    "eval.n_prompts=16",
+    "logger.mode=disabled",
+    "device=cpu",
+]
+
 RM_FAST = ["reward_model.epochs=1", "reward_model.min_gold_accuracy=0", "reward_model.n_normalization_samples=64"]
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import RM_FAST
+from conftest import RM_FAST, TOY_TINY
 
 from rlhf_bench.cli import load_config
 from rlhf_bench.repro import cli as repro_cli
@@ -84,21 +84,9 @@ def test_cli_lists_and_refuses_bad_input(capsys):
     assert "lrr" in capsys.readouterr().err
 
 
-TOY_TINY = [
-    "task.alphabet=4",
-    "task.response_length=4",
-    "task.n_prompts=4",
-    "task.n_sft=500",
-    "model.tiny.n_layer=1",
-    "model.tiny.d_model=32",
-    "model.tiny.n_head=2",
-    "sft.steps=30",
-    "sft.batch_size=32",
+REPRO_TINY = [
+    *TOY_TINY,
     "preferences.n_train=128",
-    "preferences.n_eval=64",
-    "eval.n_prompts=16",
-    "device=cpu",
-    "logger.mode=disabled",
     "method.steps=4",
     "method.batch_size=16",
     "method.num_minibatches=2",
@@ -113,7 +101,7 @@ def test_a_reproduction_writes_its_verdict_into_records_and_leaderboard(tmp_path
 
     root = tmp_path
     args = ["adaptive_kl_target", "--quick", f"--results-dir={root}/results", f"--artifacts-dir={root}/artifacts"]
-    assert repro_cli.main([*args, "--", *TOY_TINY]) == 0
+    assert repro_cli.main([*args, "--", *REPRO_TINY]) == 0
     out = capsys.readouterr().out
     assert "verdict:" in out and ("PASS" in out or "FAIL" in out)
     verdicts = sorted((root / "results" / "repro" / "adaptive_kl_target").glob("*.json"))
@@ -127,7 +115,7 @@ def test_a_reproduction_writes_its_verdict_into_records_and_leaderboard(tmp_path
     assert record["reproductions"]["adaptive_kl_target"]["verdict"] == verdict["verdict"]
     assert record["reproductions"]["adaptive_kl_target"]["verdict_path"] == str(verdicts[0])
     # run again: the finished run of the same config is reused, not retrained
-    assert repro_cli.main([*args, "--", *TOY_TINY]) == 0
+    assert repro_cli.main([*args, "--", *REPRO_TINY]) == 0
     assert len(list((root / "results" / "runs").iterdir())) == 1
     # the leaderboard lists the latest verdict (and the toy run's regret)
     assert leaderboard.main(["--results-dir", str(root / "results"), "--no-plots", "--wandb", "disabled"]) == 0

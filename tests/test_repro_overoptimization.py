@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import RM_FAST, TOY_TINY
 
 from rlhf_bench.repro import overoptimization as ovo
 
@@ -115,26 +116,7 @@ def test_peak_and_shape_checks_by_hand():
 
 
 # --- PPO evaluated along training ------------------------------------------------------------
-TINY_WORLD = [
-    "task=toy",
-    "task.alphabet=4",
-    "task.response_length=4",
-    "task.n_prompts=4",
-    "task.n_sft=500",
-    "model.tiny.n_layer=1",
-    "model.tiny.d_model=32",
-    "model.tiny.n_head=2",
-    "sft.steps=30",
-    "sft.batch_size=32",
-    "preferences.n_eval=64",
-    "reward_model.epochs=1",
-    "reward_model.n_normalization_samples=64",
-    "reward_model.min_gold_accuracy=0",
-    "eval.n_prompts=16",
-    "eval.lm_eval.tasks=[]",
-    "logger.mode=disabled",
-    "device=cpu",
-]
+TINY_WORLD = ["task=toy", *TOY_TINY, "eval.lm_eval.tasks=[]", *RM_FAST]
 PPO_TINY = ["method=ppo", "method.steps=4", "method.batch_size=8", "method.num_minibatches=2", "method.ppo_epochs=1"]
 
 

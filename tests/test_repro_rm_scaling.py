@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import TOY_TINY
 
 from rlhf_bench.config import PreferenceConfig
 from rlhf_bench.repro import rm_scaling
@@ -73,23 +74,7 @@ def test_trend_and_ceiling_checks():
 
 
 # --- end to end ----------------------------------------------------------------------------------
-TINY_WORLD = [
-    "task.alphabet=4",
-    "task.response_length=4",
-    "task.n_prompts=4",
-    "task.n_sft=500",
-    "model.tiny.n_layer=1",
-    "model.tiny.d_model=32",
-    "model.tiny.n_head=2",
-    "sft.steps=30",
-    "sft.batch_size=32",
-    "preferences.n_eval=64",
-    "reward_model.epochs=1",
-    "reward_model.n_normalization_samples=64",
-    "eval.n_prompts=16",
-    "logger.mode=disabled",
-    "device=cpu",
-]
+TINY_WORLD = [*TOY_TINY, "reward_model.epochs=1", "reward_model.n_normalization_samples=64"]
 
 
 @pytest.mark.slow

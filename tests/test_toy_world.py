@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import RM_FAST
+from conftest import RM_FAST, TOY_TINY
 
 from rlhf_bench.cli import load_config
 from rlhf_bench.config import ConfigError, TinyModelConfig
@@ -318,25 +318,7 @@ def test_random_tiny_policies_never_lie_above_the_frontier():
 
 
 # --- end to end --------------------------------------------------------------------------
-TOY_FAST = [
-    "task=toy",
-    "task.alphabet=4",
-    "task.response_length=4",
-    "task.n_prompts=4",
-    "task.n_sft=500",
-    "model.tiny.n_layer=1",
-    "model.tiny.d_model=32",
-    "model.tiny.n_head=2",
-    "sft.steps=30",
-    "sft.batch_size=32",
-    "preferences.n_train=128",
-    "preferences.n_eval=64",
-    "eval.n_prompts=16",
-    "eval.lm_eval.tasks=[]",
-    "device=cpu",
-    "logger.mode=disabled",
-    *RM_FAST,
-]
+TOY_FAST = ["task=toy", *TOY_TINY, "preferences.n_train=128", "eval.lm_eval.tasks=[]", *RM_FAST]
 
 
 @pytest.mark.parametrize(
