@@ -244,12 +244,21 @@ class LoggerConfig:
 @dataclass
 class ParallelConfig:
     """How the processes of a data-parallel run (``torchrun``, ``accelerate launch``) hold the
-    models; see ``core/distributed.py``. With one process both strategies are the same run."""
+    models; see ``core/distributed.py``. With one process every strategy is the same run."""
 
-    strategy: str = "ddp"  # ddp: every process holds every model whole | fsdp: models sharded with FSDP2
+    # ddp: every process holds every model whole | fsdp: models sharded with FSDP2 |
+    # deepspeed: models whole, the optimizer (and its gradients) partitioned by DeepSpeed ZeRO
+    strategy: str = "ddp"
+    zero_stage: int = 2  # deepspeed: 1 partitions the optimizer state, 2 its gradients too
 
     def __post_init__(self) -> None:
-        require_choice(self.strategy, ("ddp", "fsdp"), "parallel.strategy")
+        require_choice(self.strategy, ("ddp", "fsdp", "deepspeed"), "parallel.strategy")
+        require(
+            self.zero_stage in (1, 2),
+            "parallel.zero_stage",
+            "must be 1 or 2 (ZeRO-3 shards the parameters: parallel.strategy=fsdp does that here)",
+            self.zero_stage,
+        )
 
 
 @dataclass

@@ -252,7 +252,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     from rlhf_bench.tracking.wandb_run import Tracker
 
     models.quiet_transformers()
-    distributed.setup(resolve_device(cfg.device), cfg.parallel.strategy)
+    distributed.setup(resolve_device(cfg.device), cfg.parallel.strategy, cfg.parallel.zero_stage)
     if not distributed.is_main():
         return run_worker(cfg)
     results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)

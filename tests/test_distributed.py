@@ -1,7 +1,9 @@
 """Data parallelism on CPU with gloo: 2 processes x batch b take the same steps as 1 process x 2b,
-under ddp (every process holds the whole model) and fsdp (each holds half of every parameter);
+under ddp (every process holds the whole model), fsdp (each holds half of every parameter) and
+deepspeed (ZeRO: each holds half of the optimizer state);
 a whole run under torchrun or accelerate writes one record, from the main process only."""
 
+import importlib.util
 import json
 import shutil
 import socket
@@ -30,9 +32,9 @@ from rlhf_bench.core.train import Cost, optimizer_step
 from rlhf_bench.methods.sft import next_token_loss
 from rlhf_bench.tracking.wandb_run import Tracker
 
-out, optimizer_name, strategy = sys.argv[1], sys.argv[2], sys.argv[3]
+out, optimizer_name, (strategy, _, zero_stage) = sys.argv[1], sys.argv[2], sys.argv[3].partition(":")
 resume_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-distributed.setup(torch.device("cpu"), strategy)
+distributed.setup(torch.device("cpu"), strategy, int(zero_stage or 2))
 torch.manual_seed(0)
 texts = [f"review {i} : the film was {'good' if i % 3 else 'bad'} and {'long ' * (i % 5)}." for i in range(64)]
 folder = out + ".model"  # built once (training a tokenizer is not bitwise reproducible across processes)
@@ -52,6 +54,8 @@ def fresh():
         torch.optim.SGD(model.parameters(), lr=0.5) if optimizer_name == "sgd"
         else torch.optim.AdamW(model.parameters(), lr=1e-3)
     )
+    if distributed.zero():  # deepspeed with 2 processes
+        optimizer = distributed.zero_optimizer(optimizer, max_grad_norm=1.0)
     return model, optimizer
 
 
@@ -91,6 +95,8 @@ Path(f"{out}.rank{distributed.rank()}.json").write_text(json.dumps({
     "sharded": distributed.is_sharded(model),
     "elements": sum(t.numel() for t in held),
     "bytes": sum(t.untyped_storage().nbytes() for t in held),
+    "zero": distributed.zero_engine(optimizer) is not None,
+    "optimizer_elements": sum(v.numel() for s in optimizer.state.values() for v in s.values() if v.dim() > 0),
 }))
 state = distributed.full_state_dict(model) if distributed.is_sharded(model) else model.state_dict()
 if distributed.is_main():
@@ -239,18 +245,56 @@ def test_fsdp_shards_every_parameter_and_takes_the_steps_of_one_process_through_
             assert torch.allclose(value, states["two"]["state"][index][key], atol=1e-6, rtol=0), (index, key)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_zero_partitions_the_optimizer_and_takes_the_steps_of_one_process_through_a_checkpoint(
+    tmp_path, stage
+):
+    """parallel.strategy=deepspeed (ZeRO-1 and -2), 2 processes: each holds the whole model and
+    half of AdamW's moments; 4 steps with the global-norm clip biting, checkpointed after 2 into a
+    fresh model and ZeRO optimizer, equal 1 process on the whole batch within 1e-5 (the float-order
+    bound of the ddp test). The checkpoint holds the whole moments, as the 1-process run's."""
+    pytest.importorskip("deepspeed")
+    _steps(tmp_path, "adamw", f"deepspeed:{stage}", "2")
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    for name, value in one.items():
+        assert torch.allclose(value, two[name], atol=1e-5, rtol=0), (name, float((value - two[name]).abs().max()))
+
+    alone = json.loads((tmp_path / "one.pt.rank0.json").read_text())
+    shares = [json.loads((tmp_path / f"two.pt.rank{r}.json").read_text()) for r in (0, 1)]
+    assert not alone["zero"] and all(share["zero"] for share in shares)
+    assert all(share["elements"] == alone["elements"] for share in shares)  # the model whole on each
+    for share in shares:  # exp_avg and exp_avg_sq: half each (up to the alignment padding)
+        assert 0.49 < share["optimizer_elements"] / alone["optimizer_elements"] < 0.51, share
+
+    files = {who: tmp_path / f"{who}.pt.ckpt" / "step-00000002" for who in ("one", "two")}
+    states = {who: torch.load(folder / "state.pt", weights_only=True)["optimizer"] for who, folder in files.items()}
+    for settings in states["two"]["param_groups"]:  # the 1-process format: parameter indices, AdamW's settings
+        assert settings == next(g for g in states["one"]["param_groups"] if g["params"] == settings["params"])
+    assert states["one"]["state"].keys() == states["two"]["state"].keys()
+    for index, state in states["one"]["state"].items():
+        assert state.keys() == states["two"]["state"][index].keys()
+        for key, value in state.items():  # whole tensors, not partitions
+            assert torch.allclose(value, states["two"]["state"][index][key], atol=1e-6, rtol=0), (index, key)
+
+
 def test_parallel_strategy_config():
-    """ddp by default; a bad value names the key; fsdp composes, and with one process it is ddp
-    (nothing to shard over); an accelerate FSDP or DeepSpeed launch needs parallel.strategy=fsdp."""
+    """ddp by default; a bad value names the key; fsdp and deepspeed compose, and with one process
+    they are ddp (nothing to shard over); an accelerate FSDP or DeepSpeed launch needs the matching
+    parallel.strategy, and what either config asks for that is not built is refused by name."""
     from rlhf_bench.cli import load_config
     from rlhf_bench.config import ConfigError
     from rlhf_bench.core import distributed
 
     assert load_config([]).parallel.strategy == "ddp"
     assert load_config(["parallel.strategy=fsdp"]).parallel.strategy == "fsdp"
-    with pytest.raises(ConfigError, match="parallel.strategy must be one of ddp, fsdp"):
+    assert load_config(["parallel.strategy=deepspeed", "parallel.zero_stage=1"]).parallel.zero_stage == 1
+    with pytest.raises(ConfigError, match="parallel.strategy must be one of ddp, fsdp, deepspeed"):
         load_config(["parallel.strategy=zero3"])
-    with pytest.raises(ConfigError, match="parallel.strategy must be one of ddp, fsdp"):
+    with pytest.raises(ConfigError, match="parallel.zero_stage must be 1 or 2 .*parallel.strategy=fsdp"):
+        load_config(["parallel.strategy=deepspeed", "parallel.zero_stage=3"])
+    with pytest.raises(ConfigError, match="parallel.strategy must be one of ddp, fsdp, deepspeed"):
         distributed.setup(torch.device("cpu"), "zero3")
     try:
         distributed.setup(torch.device("cpu"), "fsdp")  # no launcher: one process
@@ -258,6 +302,9 @@ def test_parallel_strategy_config():
         model = torch.nn.Linear(2, 2)
         with distributed.gathered(model):  # nothing to gather
             assert not distributed.is_sharded(model)
+        if importlib.util.find_spec("deepspeed") is not None:
+            distributed.setup(torch.device("cpu"), "deepspeed")
+            assert not distributed.zero()  # one process: plain AdamW
     finally:
         distributed.setup(torch.device("cpu"), "ddp")
     env = {"ACCELERATE_USE_FSDP": "true"}
@@ -271,9 +318,22 @@ def test_parallel_strategy_config():
             distributed.setup(torch.device("cpu"), "fsdp")
         mp.delenv("ACCELERATE_USE_FSDP")
         mp.delenv("FSDP_OFFLOAD_PARAMS")
-        mp.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-        with pytest.raises(ConfigError, match="no deepspeed option"):
-            distributed.setup(torch.device("cpu"), "fsdp")
+        if importlib.util.find_spec("deepspeed") is not None:
+            mp.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+            with pytest.raises(ConfigError, match="must be deepspeed under an accelerate config"):
+                distributed.setup(torch.device("cpu"), "fsdp")
+            mp.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+            with pytest.raises(
+                ConfigError, match="parallel.zero_stage is 2 but the accelerate config says zero_stage: 3"
+            ):
+                distributed.setup(torch.device("cpu"), "deepspeed")
+            mp.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+            mp.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+            with pytest.raises(ConfigError, match="offload_optimizer_device"):
+                distributed.setup(torch.device("cpu"), "deepspeed")
+        else:  # without the extra, the strategy names the install
+            with pytest.raises(ConfigError, match=r"pip install 'rlhf-bench\[deepspeed\]'"):
+                distributed.setup(torch.device("cpu"), "deepspeed")
     assert distributed.strategy() == "ddp"
 
 
@@ -290,12 +350,15 @@ def _policy_weights(root: Path) -> dict[str, torch.Tensor]:
     return load_file(policy / "model.safetensors")
 
 
-def _assert_same_run(fsdp: dict, ddp: dict, weights: tuple[dict, dict], who=("sft", "policy")) -> None:
+def _assert_same_run(
+    fsdp: dict, ddp: dict, weights: tuple[dict, dict], who=("sft", "policy"), strategy: str = "fsdp"
+) -> None:
     """Tolerances: the two differ in the order of float sums only (FSDP reduce-scatters where DDP
-    all-reduces, and sums the squares of the gradient norm shard by shard), ~1e-7 per step on
-    weights of ~1, so the samples are the same: measured here, metrics within 3e-7 and saved
-    weights within 2e-6 (PPO) or equal (DPO); asserted: 1e-3 and 1e-5."""
-    assert fsdp["status"] == "finished" and fsdp["processes"] == 2 and fsdp["config"]["parallel"]["strategy"] == "fsdp"
+    all-reduces, and sums the squares of the gradient norm shard by shard; ZeRO reduces into
+    partitions), ~1e-7 per step on weights of ~1, so the samples are the same: measured here,
+    metrics within 3e-7 and saved weights within 2e-6 (PPO) or equal (DPO); asserted: 1e-3 and 1e-5."""
+    assert fsdp["status"] == "finished" and fsdp["processes"] == 2
+    assert fsdp["config"]["parallel"]["strategy"] == strategy
     assert ddp["config"]["parallel"]["strategy"] == "ddp"
     for stage in who:
         for metric in ("gold_reward", "proxy_reward", "kl"):
@@ -313,12 +376,13 @@ def _assert_same_run(fsdp: dict, ddp: dict, weights: tuple[dict, dict], who=("sf
 
 
 @pytest.mark.slow
-def test_ppo_under_fsdp_with_the_accelerate_config_matches_ddp(tmp_path):
-    """The whole pipeline, launched with examples/accelerate/fsdp.yaml and ddp.yaml: SFT, the
+def test_ppo_under_fsdp_and_deepspeed_with_the_accelerate_configs_matches_ddp(tmp_path):
+    """The whole pipeline, launched with examples/accelerate/fsdp.yaml, deepspeed.yaml and ddp.yaml: SFT, the
     reward model (and its normalisation on SFT samples), PPO's policy, value model (from the reward
     model), reference and reward model sharded; sampling through gathered weights; the final PPO
     checkpoint and every stage's save gathered to the main process, which alone samples the
-    preference pairs and evaluates whole models. One record, one policy, the numbers of ddp's run."""
+    preference pairs and evaluates whole models. Under deepspeed the same stages train with ZeRO-2
+    optimizers. One record, one policy, the numbers of ddp's run, for each."""
     common = ["-m", "rlhf_bench", "eval.lm_eval.tasks=[]"]
     fsdp = _accelerate("fsdp.yaml", *common, *fast_overrides(tmp_path / "fsdp"), "parallel.strategy=fsdp", cwd=tmp_path)
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
@@ -335,3 +399,16 @@ def test_ppo_under_fsdp_with_the_accelerate_config_matches_ddp(tmp_path):
     assert record["cost"]["tokens_trained"] == reference["cost"]["tokens_trained"]
     weights = (_policy_weights(tmp_path / "fsdp"), _policy_weights(tmp_path / "ddp"))
     _assert_same_run(record, reference, weights)
+
+    # DeepSpeed ZeRO-2 (examples/accelerate/deepspeed.yaml): every optimizer partitioned, the same run
+    if importlib.util.find_spec("deepspeed") is None:
+        return
+    zero = _accelerate(
+        "deepspeed.yaml", *common, *fast_overrides(tmp_path / "zero"), "parallel.strategy=deepspeed", cwd=tmp_path
+    )
+    assert zero.returncode == 0, zero.stderr[-3000:]
+    record = _record(tmp_path / "zero")
+    assert record["config"]["parallel"]["zero_stage"] == 2
+    assert record["cost"]["tokens_trained"] == reference["cost"]["tokens_trained"]
+    weights = (_policy_weights(tmp_path / "zero"), _policy_weights(tmp_path / "ddp"))
+    _assert_same_run(record, reference, weights, strategy="deepspeed")

@@ -181,12 +181,16 @@ class Checkpointer:
             weights = str(step_dir / f"{name}.safetensors")
             if distributed.is_sharded(module):  # every process reads the whole file and keeps its shard
                 distributed.load_full_state_dict(module, load_file(weights, device=str(self.ctx.device)))
+            elif distributed.zero():  # into ZeRO's flat buffer, which safetensors' load_model refuses
+                distributed.load_state_dict_in_place(module, load_file(weights, device=str(self.ctx.device)))
             else:
                 load_model(module, weights, device=str(self.ctx.device))
         tensors = torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True)
         own = step_dir / f"rng-rank{distributed.rank()}.pt"  # another process count: the main's
         rng = torch.load(own if own.is_file() else step_dir / "rng-rank0.pt", map_location="cpu", weights_only=True)
-        if optimizer is not None and _sharded_optimizer(optimizer):
+        if optimizer is not None and distributed.zero_engine(optimizer) is not None:
+            distributed.load_full_zero_optimizer_state(optimizer, tensors["optimizer"])
+        elif optimizer is not None and _sharded_optimizer(optimizer):
             distributed.load_full_optimizer_state(optimizer, tensors["optimizer"])
         elif optimizer is not None:
             optimizer.load_state_dict(tensors["optimizer"])
@@ -251,9 +255,10 @@ class Checkpointer:
         random state (``rng-rank<r>.pt``); the main process writes the rest (the weights and
         optimizer are the same on every process) and publishes it.
 
-        Sharded models (fsdp) and their optimizer state are gathered whole to the main process
-        first, so that the files hold what a 1-process or ddp run's hold (of tied weights, the name
-        ``save_pretrained`` keeps): a checkpoint resumes under any strategy and process count."""
+        Sharded models (fsdp) and their optimizer state, and ZeRO's partitioned optimizer state
+        (deepspeed), are gathered whole to the main process first, so that the files hold what a
+        1-process or ddp run's hold (of tied weights, the name ``save_pretrained`` keeps): a
+        checkpoint resumes under any strategy and process count."""
         from safetensors.torch import save_file, save_model
 
         objects = self._objects
@@ -262,9 +267,15 @@ class Checkpointer:
             for name, module in objects["modules"].items()
             if distributed.is_sharded(module)
         }
+        if distributed.zero() and distributed.is_main():  # ZeRO flattened what it trains into one buffer
+            whole.update(
+                {n: distributed.unflattened_state_dict(m) for n, m in objects["modules"].items() if n not in whole}
+            )
         optimizer = objects["optimizer"]
         optimizer_state = None
-        if optimizer is not None:
+        if optimizer is not None and distributed.zero_engine(optimizer) is not None:
+            optimizer_state = distributed.full_zero_optimizer_state(optimizer)
+        elif optimizer is not None:
             optimizer_state = (
                 distributed.full_optimizer_state(optimizer) if _sharded_optimizer(optimizer) else optimizer.state_dict()
             )

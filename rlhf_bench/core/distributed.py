@@ -8,6 +8,13 @@ on CUDA). One process, no launcher: everything here is a no-op.
 
 ``parallel.strategy`` says how the models are held:
   ddp   every process holds every model whole; ``average_gradients`` all-reduces the gradients.
+  deepspeed  every process holds every model whole, and each optimizer is DeepSpeed ZeRO's
+        (``zero_optimizer``): each process keeps 1/N of the AdamW moments and fp32 master weights
+        (``parallel.zero_stage=1``) and of the averaged gradients too (2), steps its part and
+        all-gathers the updated weights. The engine does backward, gradient averaging, clipping
+        and step (``train.optimizer_step``); checkpoints hold the whole optimizer state
+        (``full_zero_optimizer_state``), as a 1-process run's. ZeRO-3 (sharded parameters) is
+        fsdp's job here.
   fsdp  the models loaded by every process together (``RunContext``'s loaders, while
         ``sharding()``) are sharded with FSDP2 (``shard_model``): each process keeps 1/N of
         every parameter, all-gathers a layer's for its forward and backward and reduce-scatters
@@ -31,17 +38,20 @@ from typing import Any
 
 import torch
 
-STRATEGIES = ("ddp", "fsdp")
-_STATE: dict[str, Any] = {"rank": 0, "world": 1, "strategy": "ddp", "whole": 0}
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+_STATE: dict[str, Any] = {"rank": 0, "world": 1, "strategy": "ddp", "whole": 0, "zero_stage": 2}
 
 
-def setup(device: torch.device | None = None, strategy: str = "ddp") -> None:
+def setup(device: torch.device | None = None, strategy: str = "ddp", zero_stage: int = 2) -> None:
     """Join the process group a launcher described (WORLD_SIZE > 1); otherwise nothing.
-    ``strategy`` (``parallel.strategy``): ddp or fsdp (see the module's docstring)."""
+    ``strategy`` (``parallel.strategy``): ddp, fsdp or deepspeed, ``zero_stage``
+    (``parallel.zero_stage``) deepspeed's (see the module's docstring)."""
     from rlhf_bench.config import ConfigError
 
     if strategy not in STRATEGIES:
         raise ConfigError("parallel.strategy", f"must be one of {', '.join(STRATEGIES)}", strategy)
+    if strategy == "deepspeed" or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        _check_deepspeed_launch(strategy, zero_stage)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # accelerate launch with an FSDP config
         if strategy != "fsdp":
             raise ConfigError(
@@ -59,9 +69,7 @@ def setup(device: torch.device | None = None, strategy: str = "ddp") -> None:
         # its fsdp_cpu_ram_efficient_loading (on by default) makes transformers load the weights on the
         # main process only, for FSDP1 to broadcast: here every process loads them and shards its copy
         os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise ConfigError("parallel.strategy", "has no deepspeed option: launch with an FSDP or a multi-GPU config")
-    _STATE["strategy"] = strategy
+    _STATE.update(strategy=strategy, zero_stage=zero_stage)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _STATE["world"] > 1:
         return
     if device is not None and device.type == "cpu":
@@ -70,6 +78,46 @@ def setup(device: torch.device | None = None, strategy: str = "ddp") -> None:
 
     state = PartialState(cpu=device is not None and device.type == "cpu")
     _STATE.update(rank=state.process_index, world=state.num_processes)
+
+
+def _check_deepspeed_launch(strategy: str, zero_stage: int) -> None:
+    """parallel.strategy=deepspeed needs DeepSpeed; an accelerate launch with a DeepSpeed config
+    needs parallel.strategy=deepspeed and the same ZeRO stage, and none of what is not built."""
+    from rlhf_bench.config import ConfigError
+
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "parallel.strategy", f"deepspeed needs DeepSpeed ({exc}): pip install 'rlhf-bench[deepspeed]'", strategy
+        ) from exc
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    if strategy != "deepspeed":
+        raise ConfigError(
+            "parallel.strategy",
+            "must be deepspeed under an accelerate config with distributed_type: DEEPSPEED (pass parallel.strategy=deepspeed)",
+            strategy,
+        )
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if stage is not None and int(stage) != zero_stage:
+        raise ConfigError(
+            "parallel.zero_stage",
+            f"is {zero_stage} but the accelerate config says zero_stage: {stage}: make them agree "
+            f"(parallel.zero_stage={stage}; ZeRO-3 is parallel.strategy=fsdp here)",
+        )
+    for device_key in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
+        if os.environ.get(device_key, "none").lower() not in ("none", ""):
+            raise ConfigError(
+                "parallel.strategy",
+                f"deepspeed does not implement accelerate's {device_key.lower()}: set offload_*_device: none",
+            )
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() not in ("none", ""):
+        raise ConfigError(
+            "parallel.strategy",
+            "deepspeed takes its settings from parallel.zero_stage and each stage's max_grad_norm, not from a "
+            "deepspeed_config_file: remove it from the accelerate config",
+        )
 
 
 def rank() -> int:
@@ -272,13 +320,26 @@ def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]
     sharded ``module``: each process keeps its shard. Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    set_model_state_dict(
+        module, _with_aliases(module, state), options=StateDictOptions(full_state_dict=True, strict=True)
+    )
+
+
+def load_state_dict_in_place(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a state dict (tied names may be missing) into ``module``'s own tensors, which stay
+    where they are (ZeRO's views of its flat buffer)."""
+    module.load_state_dict(_with_aliases(module, state), strict=True)
+
+
+def _with_aliases(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every name of tied parameters (a file keeps one)."""
     state = dict(state)
-    for alias, name in _aliases(module).items():  # a file keeps one name of tied parameters
+    for alias, name in _aliases(module).items():
         if alias not in state and name in state:
             state[alias] = state[name]
         elif name not in state and alias in state:
             state[name] = state[alias]
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    return state
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -313,3 +374,118 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str,
             for key, value in values.items()
         }
     optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})
+
+
+# --- ZeRO optimizers (parallel.strategy=deepspeed) -----------------------------------------
+def zero() -> bool:
+    """Whether optimizers are DeepSpeed ZeRO's: deepspeed, several processes. With one process,
+    deepspeed is ddp: there is nothing to partition over."""
+    return _STATE["strategy"] == "deepspeed" and world_size() > 1
+
+
+def zero_optimizer(optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> torch.optim.Optimizer:
+    """Hand ``optimizer`` to a DeepSpeed ZeRO engine (stage ``parallel.zero_stage``) and return it.
+
+    The engine is built over the parameters ``optimizer`` trains (held by a container module:
+    the losses are computed by our models, not by the engine's forward), which it flattens into
+    one buffer per group. ``optimizer`` keeps stepping the process's partition of the fp32
+    master weights, so a learning-rate schedule made on it works as before. The engine averages
+    the gradients over processes and clips their global norm at ``max_grad_norm`` (none: no
+    clipping); ``optimizer_step`` drives it (``zero_engine``). bf16 parameters get fp32 masters."""
+    import logging
+
+    import deepspeed
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    holder = torch.nn.Module()
+    holder.trained = torch.nn.ParameterList(params)
+    config = {
+        "train_micro_batch_size_per_gpu": 1,  # the batches are ours: the engine never sees one
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": float(max_grad_norm or 0.0),
+        "zero_optimization": {"stage": _STATE["zero_stage"]},
+        "bf16": {"enabled": params[0].dtype == torch.bfloat16},
+        "steps_per_print": 2**31 - 1,
+    }
+    engine, *_ = deepspeed.initialize(model=holder, optimizer=optimizer, config=config, dist_init_required=False)
+    optimizer.zero_engine = engine
+    return optimizer
+
+
+def zero_engine(optimizer: torch.optim.Optimizer):
+    """The DeepSpeed engine ``zero_optimizer`` gave ``optimizer``, else None."""
+    return getattr(optimizer, "zero_engine", None)
+
+
+def _zero_groups(optimizer: torch.optim.Optimizer) -> list[list[torch.nn.Parameter]]:
+    """The parameters of each group in the order the optimizer had them before ZeRO flattened them."""
+    return zero_engine(optimizer).optimizer.bit16_groups
+
+
+def unflattened_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict with every tensor in a storage of its own, tied names once (as
+    ``save_pretrained`` keeps them): ZeRO made the parameters it trains views of one flat buffer,
+    which safetensors refuses to write as it is."""
+    aliases = _aliases(module)
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k not in aliases}
+
+
+def full_zero_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A ZeRO optimizer's state as a 1-process ``optimizer.state_dict()``: each parameter's whole
+    moments (gathered from the partitions) under its index, and the groups' settings. Collective."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    groups, out, index = _zero_groups(optimizer), {}, 0
+    flat = [g["params"][0] for g in optimizer.param_groups]  # each group's partition of the masters
+    settings = []
+    for group, (partition, options) in zip(groups, zip(flat, optimizer.param_groups), strict=True):
+        state = optimizer.state.get(partition, {})
+        tensors = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == partition.shape]
+        for param in group:
+            values = {k: v.clone() for k, v in state.items() if k not in tensors}  # step
+            values.update({k: safe_get_full_optimizer_state(param, k).cpu() for k in tensors})
+            if state:
+                out[index] = values
+            index += 1
+        settings.append(
+            {**{k: v for k, v in options.items() if k != "params"}, "params": list(range(index - len(group), index))}
+        )
+    return {"state": out, "param_groups": settings}
+
+
+def load_full_zero_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a whole optimizer state (as ``full_zero_optimizer_state`` gives, or a 1-process run's)
+    into a ZeRO optimizer: each process keeps its partition of every moment. The fp32 master
+    weights are taken again from the models' weights, which the caller loaded first."""
+    from deepspeed.utils import (
+        lazy_init_hp_params_optimizer_state,
+        safe_set_full_fp32_param,
+        safe_set_full_optimizer_state,
+    )
+
+    groups, saved = _zero_groups(optimizer), state["state"]
+    index = 0
+    for group, options, settings in zip(groups, optimizer.param_groups, state["param_groups"], strict=True):
+        options.update({k: v for k, v in settings.items() if k != "params"})
+        partition = options["params"][0]
+        for param in group:
+            safe_set_full_fp32_param(param, param.data.float())
+        first = saved.get(index) or saved.get(str(index))
+        if first is not None:
+            optimizer.state[partition] = {  # moments to fill below, the step as saved
+                k: torch.zeros_like(partition) if _is_moment(v) else (v.clone() if isinstance(v, torch.Tensor) else v)
+                for k, v in first.items()
+            }
+            lazy_init_hp_params_optimizer_state(group, partition, optimizer.state)
+            for offset, param in enumerate(group):
+                values = saved.get(index + offset) or saved.get(str(index + offset)) or {}
+                for key, value in values.items():
+                    if _is_moment(value):
+                        safe_set_full_optimizer_state(param, value.to(partition.device, torch.float32), key)
+        index += len(group)
+
+
+def _is_moment(value: Any) -> bool:
+    """An optimizer state entry shaped like its parameter (not the step count)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0

@@ -265,7 +265,8 @@ def banned_tokens(tokenizer) -> list[int]:
 
 def save_pretrained(model: torch.nn.Module, tokenizer, folder: Path) -> None:
     """Model (safetensors) and tokenizer in ``folder``. A sharded model (fsdp): its whole state is
-    gathered first, so every process must call this; the main process alone writes."""
+    gathered first, so every process must call this; the main process alone writes. Trained by
+    ZeRO (deepspeed): its state is copied out of ZeRO's flat buffer first."""
     from rlhf_bench.core import distributed
 
     state = None
@@ -273,5 +274,7 @@ def save_pretrained(model: torch.nn.Module, tokenizer, folder: Path) -> None:
         state = distributed.full_state_dict(model, tied=False)
         if not distributed.is_main():
             return
+    elif distributed.zero():
+        state = distributed.unflattened_state_dict(model)
     model.save_pretrained(folder, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(folder)

@@ -123,7 +123,7 @@ def train_on_pairs(
     if ref is not None and not mismatched:
         ref_pairs = reference_logps(ctx, ref, pairs, cfg.batch_size, cfg.average_logprobs)
     schedule = epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(ctx.cfg.seed))
-    optimizer = make_optimizer(policy.parameters(), cfg.lr)
+    optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
     ckpt = ctx.checkpointer(name)
     start = ckpt.restore({"policy": policy}, optimizer, scheduler).get("step", 0)

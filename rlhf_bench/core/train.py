@@ -23,10 +23,17 @@ def check_finite(value: torch.Tensor | float, name: str, step: int) -> None:
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, eps: float = 1e-8
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+    max_grad_norm: float | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW over the parameters that require grad."""
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay, eps=eps)
+    """AdamW over the parameters that require grad. Under parallel.strategy=deepspeed with several
+    processes it is DeepSpeed ZeRO's, which clips at ``max_grad_norm`` itself (the value the loop
+    passes to ``optimizer_step``)."""
+    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay, eps=eps)
+    return distributed.zero_optimizer(optimizer, max_grad_norm) if distributed.zero() else optimizer
 
 
 def warmup_linear_schedule(
@@ -53,6 +60,17 @@ def optimizer_step(
     scheduler=None,
 ) -> float:
     """Backward, clip the global gradient norm, step, zero; return the norm before clipping."""
+    engine = distributed.zero_engine(optimizer)
+    if engine is not None:  # DeepSpeed ZeRO: its engine averages, clips (at make_optimizer's norm) and steps
+        if float(engine.gradient_clipping()) != float(max_grad_norm or 0.0):
+            raise ValueError(
+                f"make_optimizer was given max_grad_norm={engine.gradient_clipping()}, not {max_grad_norm}"
+            )
+        engine.backward(loss)
+        engine.step()
+        if scheduler is not None:
+            scheduler.step()
+        return float(engine.get_global_grad_norm())
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     distributed.average_gradients(params)  # several processes: each had its share of the batch

@@ -62,7 +62,7 @@ def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature:
 def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     reward = ctx.load_reward()
-    optimizer = make_optimizer(policy.parameters(), cfg.lr)
+    optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     prompt_gen, sample_gen = ctx.generators()
     ckpt = ctx.checkpointer("expert_iteration")
     saved = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen})

@@ -109,7 +109,7 @@ def grpo_loss(
 def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     ref, reward = ctx.load_reference(), ctx.load_reward()
-    optimizer = make_optimizer(policy.parameters(), cfg.lr)
+    optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     prompt_gen, sample_gen = ctx.generators()
     ckpt = ctx.checkpointer("grpo")
     start = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}).get(

@@ -208,7 +208,9 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
     ref = ctx.load_reference()
     reward = ctx.load_reward()
     value = load_value_model(ctx, cfg.value_init, reward).train()
-    optimizer = make_optimizer([*policy.parameters(), *value.parameters()], cfg.lr, eps=1e-5)
+    optimizer = make_optimizer(
+        [*policy.parameters(), *value.parameters()], cfg.lr, eps=1e-5, max_grad_norm=cfg.max_grad_norm
+    )
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         if cfg.adaptive_kl

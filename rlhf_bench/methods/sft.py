@@ -83,7 +83,7 @@ def train_sft(
         if examples
         else tokenize_demonstrations(ctx.task.sft_texts, tokenizer, max_length)
     )
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, cfg.steps, final_fraction=0.1)
     generator = torch.Generator().manual_seed(cfg.seed)
     ckpt = ctx.checkpointer(label, checkpoints)

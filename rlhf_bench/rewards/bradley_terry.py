@@ -164,7 +164,7 @@ def fit_reward_model(
     torch.manual_seed(seed)  # the new head's initialisation
     model = ctx.load_scalar_model(ctx.reward_backbone_path or ctx.sft_path, per_token=False)
     schedule = epoch_batches(len(train_pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(seed))
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
     margins = margins if margins is not None else torch.zeros(len(train_pairs))
     ckpt = ctx.checkpointer(label, checkpoints)
