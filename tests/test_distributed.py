@@ -143,6 +143,19 @@ def _steps(tmp_path: Path, optimizer: str, strategy: str, *extra: str) -> None:
     assert double.returncode == 0, double.stderr[-3000:]
 
 
+def _two_steps_as_one(tmp_path: Path, strategy: str) -> tuple[dict, list[dict]]:
+    """The AdamW steps script through a checkpoint at step 2, on 1 process and on 2 under
+    ``strategy``: the final weights agree within 1e-5; what each process held (its JSON)."""
+    _steps(tmp_path, "adamw", strategy, "2")
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    for name, value in one.items():
+        assert torch.allclose(value, two[name], atol=1e-5, rtol=0), (name, float((value - two[name]).abs().max()))
+    alone = json.loads((tmp_path / "one.pt.rank0.json").read_text())
+    return alone, [json.loads((tmp_path / f"two.pt.rank{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.parametrize("optimizer, tolerance", [("sgd", 1e-6), ("adamw", 1e-5)])
 def test_two_processes_with_half_batches_take_the_steps_of_one_with_the_whole(tmp_path, optimizer, tolerance):
     """Tolerance: the only difference is the order of float sums (each process sums its half, then
@@ -215,15 +228,7 @@ def test_fsdp_shards_every_parameter_and_takes_the_steps_of_one_process_through_
     2 into a fresh sharded model and optimizer, equals 1 process on the whole batch within 1e-5
     (the float-order bound of the ddp test: FSDP's reduce-scatter sums in its own order). The
     checkpoint files hold what the 1-process run's hold, so either can resume the other's."""
-    _steps(tmp_path, "adamw", "fsdp", "2")
-    one = torch.load(tmp_path / "one.pt", weights_only=True)
-    two = torch.load(tmp_path / "two.pt", weights_only=True)
-    assert one.keys() == two.keys()
-    for name, value in one.items():
-        assert torch.allclose(value, two[name], atol=1e-5, rtol=0), (name, float((value - two[name]).abs().max()))
-
-    alone = json.loads((tmp_path / "one.pt.rank0.json").read_text())
-    shares = [json.loads((tmp_path / f"two.pt.rank{r}.json").read_text()) for r in (0, 1)]
+    alone, shares = _two_steps_as_one(tmp_path, "fsdp")
     assert not alone["sharded"] and all(share["sharded"] for share in shares)
     assert sum(share["elements"] for share in shares) == alone["elements"]  # nothing held twice
     for share in shares:  # half each, up to the padding of rows that do not split evenly
@@ -254,15 +259,7 @@ def test_deepspeed_zero_partitions_the_optimizer_and_takes_the_steps_of_one_proc
     fresh model and ZeRO optimizer, equal 1 process on the whole batch within 1e-5 (the float-order
     bound of the ddp test). The checkpoint holds the whole moments, as the 1-process run's."""
     pytest.importorskip("deepspeed")
-    _steps(tmp_path, "adamw", f"deepspeed:{stage}", "2")
-    one = torch.load(tmp_path / "one.pt", weights_only=True)
-    two = torch.load(tmp_path / "two.pt", weights_only=True)
-    assert one.keys() == two.keys()
-    for name, value in one.items():
-        assert torch.allclose(value, two[name], atol=1e-5, rtol=0), (name, float((value - two[name]).abs().max()))
-
-    alone = json.loads((tmp_path / "one.pt.rank0.json").read_text())
-    shares = [json.loads((tmp_path / f"two.pt.rank{r}.json").read_text()) for r in (0, 1)]
+    alone, shares = _two_steps_as_one(tmp_path, f"deepspeed:{stage}")
     assert not alone["zero"] and all(share["zero"] for share in shares)
     assert all(share["elements"] == alone["elements"] for share in shares)  # the model whole on each
     for share in shares:  # exp_avg and exp_avg_sq: half each (up to the alignment padding)
