@@ -240,6 +240,35 @@ def new_record(cfg: Config, run_id: str, overrides: list[str] | None, device, dt
     }
 
 
+# the global batch sizes that several processes split, each taking an equal share
+_SPLIT_KEYS = ("batch_size", "prompts_per_step", "prompts_per_round")
+
+
+def check_batches_split(cfg: Config, processes: int) -> None:
+    """With several processes every training batch must split into equal shares (PPO's
+    minibatches too): otherwise 2 processes x b would not take the steps of 1 x 2b, and PPO's
+    processes would take different numbers of minibatch steps and wait for each other forever."""
+    if processes == 1:
+        return
+    for section in ("sft", "reward_model", "method"):
+        options = getattr(cfg, section)
+        if section == "reward_model" and not hasattr(options, "epochs"):
+            continue  # a reward that is not trained: its batches are the main process's alone
+        for key in _SPLIT_KEYS:
+            size = getattr(options, key, None)
+            if isinstance(size, int) and size % processes:
+                require(False, f"{section}.{key}", f"must be a multiple of the {processes} processes", size)
+        minibatches = getattr(options, "num_minibatches", None)
+        if isinstance(minibatches, int) and options.batch_size % (processes * minibatches):
+            require(
+                False,
+                f"{section}.batch_size",
+                f"must be a multiple of {processes} processes x {section}.num_minibatches={minibatches} "
+                "(each process splits its share into that many minibatches)",
+                options.batch_size,
+            )
+
+
 def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run every stage for ``cfg``; return the run record (also written to disk).
 
@@ -253,6 +282,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
 
     models.quiet_transformers()
     distributed.setup(resolve_device(cfg.device), cfg.parallel.strategy, cfg.parallel.zero_stage)
+    check_batches_split(cfg, distributed.world_size())
     if not distributed.is_main():
         return run_worker(cfg)
     results_dir, artifacts_dir = Path(cfg.paths.results_dir), Path(cfg.paths.artifacts_dir)

@@ -409,3 +409,26 @@ def test_ppo_under_fsdp_and_deepspeed_with_the_accelerate_configs_matches_ddp(tm
     assert record["cost"]["tokens_trained"] == reference["cost"]["tokens_trained"]
     weights = (_policy_weights(tmp_path / "zero"), _policy_weights(tmp_path / "ddp"))
     _assert_same_run(record, reference, weights, strategy="deepspeed")
+
+
+def test_batches_that_do_not_split_over_the_processes_are_refused_by_key():
+    """2 processes x b take the steps of 1 x 2b only if every training batch splits evenly; PPO's
+    processes would otherwise take different numbers of minibatch steps and wait for each other."""
+    from rlhf_bench.cli import load_config
+    from rlhf_bench.config import ConfigError
+    from rlhf_bench.pipeline import check_batches_split
+
+    check_batches_split(load_config([]), 2)  # the defaults split over 2, 4 and 8 processes
+    check_batches_split(load_config([]), 8)
+    with pytest.raises(
+        ConfigError, match=r"method.batch_size must be a multiple of 2 processes x method.num_minibatches=4"
+    ):
+        check_batches_split(load_config(["method.batch_size=36"]), 2)
+    with pytest.raises(ConfigError, match=r"sft.batch_size must be a multiple of the 2 processes \(got 33\)"):
+        check_batches_split(load_config(["sft.batch_size=33"]), 2)
+    with pytest.raises(ConfigError, match="method.prompts_per_step must be a multiple of the 3 processes"):
+        check_batches_split(load_config(["method=grpo", "reward_model=gold", "sft.batch_size=63"]), 3)
+    check_batches_split(
+        load_config(["method=grpo", "method.prompts_per_step=15", "reward_model=gold", "sft.batch_size=63"]), 3
+    )
+    check_batches_split(load_config(["method.batch_size=36"]), 1)  # one process: anything goes
