@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fast_overrides
+from conftest import RM_FAST, fast_overrides
 
 # Trains a tiny GPT-2 with the core's loss, batch sharding and optimizer step; saves the weights.
 # With a 4th argument k: after k steps it checkpoints, builds a fresh model and optimizer, restores
@@ -432,3 +432,24 @@ def test_batches_that_do_not_split_over_the_processes_are_refused_by_key():
         load_config(["method=grpo", "method.prompts_per_step=15", "reward_model=gold", "sft.batch_size=63"]), 3
     )
     check_batches_split(load_config(["method.batch_size=36"]), 1)  # one process: anything goes
+
+
+@pytest.mark.slow
+def test_an_ensemble_reward_model_trains_under_torchrun(tmp_path):
+    """Each member trains on both processes; transformers saves on rank 0 only, so the main
+    process alone scores the ensemble it saved (before, the other process tried to load members it
+    never wrote, and the run died)."""
+    args = [
+        *fast_overrides(tmp_path, ppo=False, reward_model=False),
+        *RM_FAST,
+        "reward_model=ensemble",
+        "method=grpo",
+        "method.steps=2",
+        "eval.lm_eval.tasks=[]",
+    ]
+    double = _torchrun("-m", "rlhf_bench", *args, cwd=tmp_path)
+    assert double.returncode == 0, double.stderr[-3000:]
+    record = _record(tmp_path)
+    info = record["artifacts"]["reward_model"]["info"]
+    assert record["status"] == "finished" and record["processes"] == 2
+    assert len(info["member_accuracy"]) == 3 and 0 <= info["accuracy"] <= 1

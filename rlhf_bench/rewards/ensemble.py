@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_bench.config import require, require_choice
+from rlhf_bench.core import distributed
 from rlhf_bench.core.context import RunContext
 from rlhf_bench.rewards.bradley_terry import (
     BradleyTerryConfig,
@@ -59,7 +60,10 @@ def train(
         specs.append(model_spec(info, folder.name))
         member_info.append(info)
     write_spec(out_dir, {"kind": "ensemble", "aggregation": cfg.aggregation, "lam": cfg.lam, "members": specs})
-    info = pair_accuracy(ctx, load_reward(ctx, out_dir), eval_pairs, 4 * cfg.batch_size)
+    if not distributed.is_main():  # it trained along; the main process alone saved the members and scores them
+        return {}
+    with distributed.whole_models():
+        info = pair_accuracy(ctx, load_reward(ctx, out_dir), eval_pairs, 4 * cfg.batch_size)
     info["member_accuracy"] = [m["accuracy"] for m in member_info]
     info["member_gold_accuracy"] = [m["gold_accuracy"] for m in member_info]
     check_strength(cfg, info)
