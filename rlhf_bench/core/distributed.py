@@ -50,6 +50,8 @@ def setup(device: torch.device | None = None, strategy: str = "ddp", zero_stage:
 
     if strategy not in STRATEGIES:
         raise ConfigError("parallel.strategy", f"must be one of {', '.join(STRATEGIES)}", strategy)
+    if device is not None and device.type == "cpu":  # where DeepSpeed is installed, every transformers
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # save imports it: no warning that it found no GPU
     if strategy == "deepspeed" or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         _check_deepspeed_launch(strategy, zero_stage)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # accelerate launch with an FSDP config
