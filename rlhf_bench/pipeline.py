@@ -256,12 +256,14 @@ def check_batches_split(cfg: Config, processes: int) -> None:
             continue  # a reward that is not trained: its batches are the main process's alone
         for key in _SPLIT_KEYS:
             size = getattr(options, key, None)
-            if isinstance(size, int) and size % processes:
-                require(False, f"{section}.{key}", f"must be a multiple of the {processes} processes", size)
+            if isinstance(size, int):
+                require(
+                    size % processes == 0, f"{section}.{key}", f"must be a multiple of the {processes} processes", size
+                )
         minibatches = getattr(options, "num_minibatches", None)
-        if isinstance(minibatches, int) and options.batch_size % (processes * minibatches):
+        if isinstance(minibatches, int):
             require(
-                False,
+                options.batch_size % (processes * minibatches) == 0,
                 f"{section}.batch_size",
                 f"must be a multiple of {processes} processes x {section}.num_minibatches={minibatches} "
                 "(each process splits its share into that many minibatches)",

@@ -438,15 +438,13 @@ def full_zero_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any
     moments (gathered from the partitions) under its index, and the groups' settings. Collective."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
-    groups, out, index = _zero_groups(optimizer), {}, 0
-    flat = [g["params"][0] for g in optimizer.param_groups]  # each group's partition of the masters
-    settings = []
-    for group, (partition, options) in zip(groups, zip(flat, optimizer.param_groups), strict=True):
-        state = optimizer.state.get(partition, {})
-        tensors = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == partition.shape]
+    out, settings, index = {}, [], 0
+    for group, options in zip(_zero_groups(optimizer), optimizer.param_groups, strict=True):
+        state = optimizer.state.get(options["params"][0], {})  # of the group's partition of the masters
+        moments = [k for k, v in state.items() if _is_moment(v)]
         for param in group:
-            values = {k: v.clone() for k, v in state.items() if k not in tensors}  # step
-            values.update({k: safe_get_full_optimizer_state(param, k).cpu() for k in tensors})
+            values = {k: v.clone() for k, v in state.items() if k not in moments}  # the step
+            values.update({k: safe_get_full_optimizer_state(param, k).cpu() for k in moments})
             if state:
                 out[index] = values
             index += 1
@@ -473,7 +471,7 @@ def load_full_zero_optimizer_state(optimizer: torch.optim.Optimizer, state: dict
         partition = options["params"][0]
         for param in group:
             safe_set_full_fp32_param(param, param.data.float())
-        first = saved.get(index) or saved.get(str(index))
+        first = saved.get(index)
         if first is not None:
             optimizer.state[partition] = {  # moments to fill below, the step as saved
                 k: torch.zeros_like(partition) if _is_moment(v) else (v.clone() if isinstance(v, torch.Tensor) else v)
@@ -481,8 +479,7 @@ def load_full_zero_optimizer_state(optimizer: torch.optim.Optimizer, state: dict
             }
             lazy_init_hp_params_optimizer_state(group, partition, optimizer.state)
             for offset, param in enumerate(group):
-                values = saved.get(index + offset) or saved.get(str(index + offset)) or {}
-                for key, value in values.items():
+                for key, value in saved.get(index + offset, {}).items():
                     if _is_moment(value):
                         safe_set_full_optimizer_state(param, value.to(partition.device, torch.float32), key)
         index += len(group)
