@@ -5,6 +5,7 @@ a whole run under torchrun or accelerate writes one record, from the main proces
 
 import importlib.util
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -404,6 +405,16 @@ def test_ppo_under_fsdp_and_deepspeed_with_the_accelerate_configs_matches_ddp(tm
         "deepspeed.yaml", *common, *fast_overrides(tmp_path / "zero"), "parallel.strategy=deepspeed", cwd=tmp_path
     )
     assert zero.returncode == 0, zero.stderr[-3000:]
+    # SFT, reward model, PPO: each optimizer ZeRO's, this process stepping about half of it
+    steps = [
+        tuple(int(n.replace(",", "")) for n in m)
+        for m in re.findall(
+            r"deepspeed: ZeRO-2 optimizer over 2 processes \(this one steps ([\d,]+) of its ([\d,]+) parameters\)",
+            zero.stderr,
+        )
+    ]
+    assert len(steps) == 3, zero.stderr[-3000:]
+    assert all(0.45 < held / total < 0.55 for held, total in steps), steps
     record = _record(tmp_path / "zero")
     assert record["config"]["parallel"]["zero_stage"] == 2
     assert record["cost"]["tokens_trained"] == reference["cost"]["tokens_trained"]

@@ -412,6 +412,15 @@ def zero_optimizer(optimizer: torch.optim.Optimizer, max_grad_norm: float | None
     }
     engine, *_ = deepspeed.initialize(model=holder, optimizer=optimizer, config=config, dist_init_required=False)
     optimizer.zero_engine = engine
+    if is_main():
+        from rich.console import Console
+
+        held = sum(g["params"][0].numel() for g in optimizer.param_groups)  # this process's fp32 partition
+        Console(stderr=True).print(
+            f"deepspeed: ZeRO-{_STATE['zero_stage']} optimizer over {world_size()} processes "
+            f"(this one steps {held:,} of its {sum(p.numel() for p in params):,} parameters)",
+            soft_wrap=True,  # one line, whatever the terminal's width
+        )
     return optimizer
 
 
