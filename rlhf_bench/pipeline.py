@@ -354,8 +354,7 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
             record["wandb"]["failed"] = tracker.failed
         write_json_atomic(record_path, record)
         lock.release()
-    if distributed.world_size() > 1:
-        distributed.barrier()  # the other processes wait for the record before they exit
+    distributed.all_done()  # the other processes wait for the record before they exit
     record["record_path"] = str(record_path)
     return record
 
@@ -616,7 +615,7 @@ def run_worker(cfg: Config) -> dict[str, Any]:
         preparation_stages(ctx)
         seed_everything(cfg.seed)
         train_policy(ctx)
-    distributed.barrier()  # wait while the main process evaluates and writes: a launcher ends all at the first exit
+    distributed.all_done()  # wait while the main process evaluates and writes: a launcher ends all at the first exit
     return {"run_id": run_id, "rank": distributed.rank(), "status": "finished"}
 
 

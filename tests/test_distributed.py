@@ -102,6 +102,7 @@ Path(f"{out}.rank{distributed.rank()}.json").write_text(json.dumps({
 state = distributed.full_state_dict(model) if distributed.is_sharded(model) else model.state_dict()
 if distributed.is_main():
     torch.save({k: v.clone() for k, v in state.items()}, out)
+distributed.all_done()
 """
 
 

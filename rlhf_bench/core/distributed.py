@@ -31,6 +31,7 @@ in lockstep, and wait for it where it writes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
-_STATE: dict[str, Any] = {"rank": 0, "world": 1, "strategy": "ddp", "whole": 0, "zero_stage": 2}
+_STATE: dict[str, Any] = {"rank": 0, "world": 1, "strategy": "ddp", "whole": 0, "zero_stage": 2, "done": False}
 
 
 def setup(device: torch.device | None = None, strategy: str = "ddp", zero_stage: int = 2) -> None:
@@ -71,7 +72,7 @@ def setup(device: torch.device | None = None, strategy: str = "ddp", zero_stage:
         # its fsdp_cpu_ram_efficient_loading (on by default) makes transformers load the weights on the
         # main process only, for FSDP1 to broadcast: here every process loads them and shards its copy
         os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
-    _STATE.update(strategy=strategy, zero_stage=zero_stage)
+    _STATE.update(strategy=strategy, zero_stage=zero_stage, done=False)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _STATE["world"] > 1:
         return
     if device is not None and device.type == "cpu":
@@ -80,6 +81,22 @@ def setup(device: torch.device | None = None, strategy: str = "ddp", zero_stage:
 
     state = PartialState(cpu=device is not None and device.type == "cpu")
     _STATE.update(rank=state.process_index, world=state.num_processes)
+    atexit.register(_destroy_process_group)
+
+
+def all_done() -> None:
+    """Every process has finished its work: wait for the others, then let the process group be
+    destroyed at exit. Left alive, gloo's worker threads may abort the interpreter's finalisation
+    (``terminate called without an active exception``, SIGABRT: a finished run would exit non-zero;
+    pytorch/pytorch#190489). A process that fails skips this, and its group is left alone: destroying
+    one while the others still wait in a collective can hang (pytorch/torchtitan#1342)."""
+    barrier()
+    _STATE["done"] = True
+
+
+def _destroy_process_group() -> None:
+    if _STATE["done"] and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _check_deepspeed_launch(strategy: str, zero_stage: int) -> None:
