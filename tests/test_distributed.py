@@ -330,6 +330,19 @@ def test_parallel_strategy_config():
             mp.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
             with pytest.raises(ConfigError, match="offload_optimizer_device"):
                 distributed.setup(torch.device("cpu"), "deepspeed")
+            mp.delenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE")
+            mp.setenv("ACCELERATE_GRADIENT_CLIPPING", "0.5")  # as `gradient_clipping: 0.5` in the file
+            with pytest.raises(ConfigError, match=r"not at the accelerate config's gradient_clipping \(0.5\)"):
+                distributed.setup(torch.device("cpu"), "deepspeed")
+            mp.delenv("ACCELERATE_GRADIENT_CLIPPING")
+            mp.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+            with pytest.raises(ConfigError, match=r"gradient_accumulation_steps \(4\) is not implemented"):
+                distributed.setup(torch.device("cpu"), "deepspeed")
+            mp.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")  # what the example file launches with
+            distributed.setup(torch.device("cpu"), "deepspeed")
+            assert distributed.strategy() == "deepspeed"
+            mp.delenv("ACCELERATE_USE_DEEPSPEED")
+            distributed.setup(torch.device("cpu"), "ddp")
         else:  # without the extra, the strategy names the install
             with pytest.raises(ConfigError, match=r"pip install 'rlhf-bench\[deepspeed\]'"):
                 distributed.setup(torch.device("cpu"), "deepspeed")

@@ -131,6 +131,21 @@ def _check_deepspeed_launch(strategy: str, zero_stage: int) -> None:
                 "parallel.strategy",
                 f"deepspeed does not implement accelerate's {device_key.lower()}: set offload_*_device: none",
             )
+    clipping = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "none").lower()
+    if clipping not in ("none", "", "auto"):
+        raise ConfigError(
+            "parallel.strategy",
+            f"deepspeed clips at each stage's max_grad_norm (sft.max_grad_norm, reward_model.max_grad_norm, "
+            f"method.max_grad_norm), not at the accelerate config's gradient_clipping ({clipping}): remove it "
+            "from the accelerate config and set those keys",
+        )
+    accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").lower()
+    if accumulation not in ("1", "auto"):
+        raise ConfigError(
+            "parallel.strategy",
+            f"deepspeed steps once per batch here; the accelerate config's gradient_accumulation_steps "
+            f"({accumulation}) is not implemented: set it to 1 (larger batches: method.batch_size)",
+        )
     if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() not in ("none", ""):
         raise ConfigError(
             "parallel.strategy",
