@@ -240,4 +240,4 @@ def test_the_reproduction_end_to_end_at_a_tiny_budget(tmp_path, capsys):
     assert all(r["kl"] <= r["kl_bound"] + 1e-9 for r in verdict["data"]["exact"])
     for run_id in verdict["runs"]:
         record = json.loads((tmp_path / "results" / "runs" / run_id / "record.json").read_text())
-        assert record["method"] == "best_of_n" and record["reproductions"]["bon_kl"]["verdict"] == verdict["verdict"]
+        assert record["method"] == "best_of_n" and "reproductions" not in record  # as its run wrote it

@@ -5,8 +5,8 @@
     rlhf-bench-repro NAME --quick           a smaller budget (a first look; the verdict says so)
     rlhf-bench-repro NAME -- key=value ...  Hydra overrides applied to every run it makes
 
-The verdict (PASS when every check passes) goes to <results-dir>/repro/NAME/<stamp>.json and
-into the record of every run it used; ``rlhf-bench-report`` lists the latest verdicts. Exit
+The verdict (PASS when every check passes) goes to <results-dir>/repro/NAME/<stamp>.json, with
+the ids of the runs it used; ``rlhf-bench-report`` lists the latest verdicts. Exit
 code 0 when the reproduction ran (whatever its verdict; ``--strict``: 1 on FAIL), 2 on bad
 input.
 """

@@ -4,8 +4,8 @@ checks it compares with the published claim, and the verdict it writes.
 A runner is ``reproduce(session: Session) -> Outcome``: it runs what it needs with
 ``session.run(...)`` (each a normal run with its own record) and returns its checks, each a
 measured value against the published one with PASS or FAIL. The verdict (PASS when every
-check passes) is written to ``<results_dir>/repro/<name>/<stamp>.json`` and into the record of
-every run the reproduction used (``record["reproductions"][<name>]``).
+check passes) is written to ``<results_dir>/repro/<name>/<stamp>.json``, naming every run the
+reproduction used (``verdict["runs"]``); the runs' records are left as their runs wrote them.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def within(measured: float, published: float, atol: float = 0.0, rtol: float = 0
 
 
 def write_verdict(session: Session, outcome: Outcome, seconds: float) -> Path:
-    """The verdict as JSON (atomically) and, in every record the reproduction used, a note of it."""
+    """The verdict as JSON (atomically), with the ids of the runs it used. The runs' records are
+    not touched: a record is written by its run alone and never edited afterwards (DESIGN.md)."""
     from rlhf_bench.tracking.record import git_commit, package_versions, write_json_atomic
 
     claim = session.claim
@@ -123,19 +124,6 @@ def write_verdict(session: Session, outcome: Outcome, seconds: float) -> Path:
     }
     path = Path(session.results_dir) / "repro" / claim.name / f"{stamp.strftime('%Y%m%d-%H%M%S')}.json"
     write_json_atomic(path, verdict)
-    note = {
-        "verdict": outcome.verdict,
-        "quick": session.quick,
-        "verdict_path": str(path),
-        "created": verdict["created"],
-        "checks_passed": sum(c.passed for c in outcome.checks),
-        "checks": len(outcome.checks),
-    }
-    for record in {r["run_id"]: r for r in session.records}.values():
-        record_path = Path(session.results_dir) / "runs" / record["run_id"] / "record.json"
-        on_disk = json.loads(record_path.read_text())
-        on_disk.setdefault("reproductions", {})[claim.name] = note
-        write_json_atomic(record_path, on_disk)
     return path
 
 
