@@ -391,3 +391,18 @@ def test_pipeline_on_a_model_given_by_path_with_and_without_lora(model_folder, t
     assert records[True]["metrics"]["sft"] == records[False]["metrics"]["sft"]
     assert records[True]["metrics"]["reward_model"] == records[False]["metrics"]["reward_model"]
     assert records[True]["metrics"]["policy"] != records[False]["metrics"]["policy"]
+
+
+def test_a_checkpoint_saved_in_bf16_loads_in_fp32(tiny_lm, tmp_path):
+    """transformers >= 5 loads a checkpoint in the dtype it was saved in, and most hub models are
+    saved in bf16: our loaders hold fp32 weights (AdamW's small updates survive; compute is
+    ``precision``'s autocast), the bf16 values exactly."""
+    _, tok = tiny_lm
+    cfg = TinyModelConfig(n_layer=1, d_model=32, n_head=2, vocab_size=400)
+    saved = models.build_tiny_model(cfg, tok, seed=0).to(torch.bfloat16)
+    models.save_pretrained(saved, tok, tmp_path / "bf16")
+    policy = models.load_causal_lm(str(tmp_path / "bf16"), tok)
+    value = models.load_scalar_model(str(tmp_path / "bf16"), tok, per_token=True)
+    assert {p.dtype for m in (policy, value) for p in m.parameters()} == {torch.float32}
+    for name, weight in saved.state_dict().items():
+        assert torch.equal(policy.state_dict()[name], weight.float()), name

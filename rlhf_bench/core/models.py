@@ -102,6 +102,12 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tok
 
 
+# Weights are loaded in fp32 whatever dtype the checkpoint was saved in (transformers >= 5 would keep
+# a bf16 hub checkpoint in bf16): the trained ones are AdamW's master weights, whose small updates
+# bf16 rounds away (8 bits of mantissa), and every model computes in ``precision`` (autocast).
+WEIGHTS_DTYPE = torch.float32
+
+
 def _finish(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
@@ -116,12 +122,17 @@ def load_causal_lm(
     attn_implementation: str | None = None,
 ) -> torch.nn.Module:
     """``attn_implementation``: transformers' attention kernel (sdpa, eager, flash_attention_2 ...);
-    None keeps transformers' default (SDPA where the model supports it)."""
+    None keeps transformers' default (SDPA where the model supports it). Weights in fp32
+    (``WEIGHTS_DTYPE``)."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(
-        path, revision=revision, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+        path,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+        dtype=WEIGHTS_DTYPE,
     )
     return _finish(model, tokenizer)
 
@@ -139,7 +150,11 @@ def load_scalar_model(
     quiet_transformers()
     cls = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
     model = cls.from_pretrained(
-        path, num_labels=1, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+        path,
+        num_labels=1,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+        dtype=WEIGHTS_DTYPE,
     )
     return _finish(model, tokenizer)
 

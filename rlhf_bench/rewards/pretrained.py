@@ -143,7 +143,9 @@ def load_classifier(spec: dict[str, Any], device: torch.device) -> tuple[torch.n
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(spec["name_or_path"], **where)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        spec["name_or_path"], dtype=models.WEIGHTS_DTYPE, **where
+    )
     if model.config.pad_token_id is None:  # batches of more than one need it to find the last token
         model.config.pad_token_id = tokenizer.pad_token_id
     require(
