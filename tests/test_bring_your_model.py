@@ -37,15 +37,16 @@ def sft_folders(tiny_lm, tmp_path_factory):
     return folders
 
 
-def make_ctx(folder: Path, tokenizer, *overrides: str) -> RunContext:
-    """A run context on CPU whose SFT checkpoint is ``folder`` (no pipeline: just the loaders)."""
+def make_ctx(folder: Path, tokenizer, *overrides: str, dtype: torch.dtype | None = None) -> RunContext:
+    """A run context on CPU whose SFT checkpoint is ``folder`` (no pipeline: just the loaders);
+    ``dtype``: autocast's (bf16 precision), None for fp32."""
     cfg = load_config(["device=cpu", "logger.mode=disabled", *overrides])
     return RunContext(
         cfg=cfg,
         task=SimpleNamespace(max_response_tokens=8),
         tokenizer=tokenizer,
         device=torch.device("cpu"),
-        dtype=None,
+        dtype=dtype,
         tracker=None,
         base_path=str(folder),
         sft_path=str(folder),
@@ -406,3 +407,40 @@ def test_a_checkpoint_saved_in_bf16_loads_in_fp32(tiny_lm, tmp_path):
     assert {p.dtype for m in (policy, value) for p in m.parameters()} == {torch.float32}
     for name, weight in saved.state_dict().items():
         assert torch.equal(policy.state_dict()[name], weight.float()), name
+
+
+def test_under_bf16_the_frozen_models_hold_bf16_weights_and_the_trained_ones_fp32(sft_folders, tiny_lm):
+    """precision=bf16: the reference and the reward model are only evaluated and hold bf16 weights
+    (half the memory); the policy and the value model train on fp32 weights. Autocast runs the
+    matmuls in bf16 either way: the reference's log-probs differ from the fp32 weights' under
+    autocast by about as much as autocast's own rounding. With LoRA the reference is the policy's
+    fp32 base (no copy to cast); under fp32 precision every model is fp32."""
+    _, tok = tiny_lm
+    folder = sft_folders["gpt2"]
+    ctx = make_ctx(folder, tok, "precision=bf16", dtype=torch.bfloat16)
+    policy, ref = ctx.load_policy(), ctx.load_reference()
+    value = ctx.load_scalar_model(str(folder), per_token=True)
+    reward = ctx.load_scalar_model(str(folder), per_token=False, frozen=True)
+
+    def dtypes(model):
+        return {p.dtype for p in model.parameters()}
+
+    assert dtypes(policy) == dtypes(value) == {torch.float32}
+    assert dtypes(ref) == dtypes(reward) == {torch.bfloat16}
+    assert not ref.training and not any(p.requires_grad for m in (ref, reward) for p in m.parameters())
+    assert 2 * sum(storages(ref).values()) == sum(storages(policy).values())
+
+    batch = a_batch(ctx)
+    with torch.no_grad():
+        fp32_logp, _ = ctx.logprobs(policy, *batch)
+        with ctx.autocast():
+            autocast_logp, _ = ctx.logprobs(policy, *batch)
+            ref_logp, _ = ctx.logprobs(ref, *batch)
+    rounding = float((autocast_logp - fp32_logp).abs().max())
+    assert ref_logp.dtype == torch.float32 and 0 < rounding < 0.1
+    assert float((ref_logp - autocast_logp).abs().max()) < 3 * rounding
+
+    lora = make_ctx(folder, tok, "precision=bf16", "model.lora.enabled=true", dtype=torch.bfloat16)
+    lora_policy = lora.load_policy()
+    assert dtypes(lora.load_reference()) == {torch.float32} == dtypes(lora_policy)
+    assert dtypes(make_ctx(folder, tok).load_reference()) == {torch.float32}

@@ -57,6 +57,16 @@ class RunContext:
     def autocast(self):
         return autocast(self.device, self.dtype)
 
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as one that is only evaluated (the reference, a reward model): eval mode, no
+        gradients, and under bf16 precision its weights in bf16. Half their memory; autocast runs
+        its matrix multiplies in bf16 either way (norms and softmaxes it still runs in fp32, from
+        bf16-rounded weights). Trained models keep fp32 weights (AdamW's masters)."""
+        model.eval().requires_grad_(False)
+        if self.dtype == torch.bfloat16:
+            model.to(torch.bfloat16)
+        return model
+
     @property
     def max_new_tokens(self) -> int:
         return self.task.max_response_tokens
@@ -116,8 +126,7 @@ class RunContext:
         """
         if self.lora_policy is not None:
             return models.AdaptersDisabled(self.lora_policy)
-        ref = self._load_causal_lm(self.sft_path).to(self.device).eval()
-        ref.requires_grad_(False)
+        ref = self.frozen(self._load_causal_lm(self.sft_path)).to(self.device)  # cast, then moved
         return self._compiled(self._sharded(ref, self.load_reference))
 
     def _sharded(self, model: torch.nn.Module, load_whole) -> torch.nn.Module:
@@ -168,9 +177,10 @@ class RunContext:
             attn_implementation=m.attn_implementation,
         )
 
-    def load_scalar_model(self, path: str, per_token: bool) -> torch.nn.Module:
+    def load_scalar_model(self, path: str, per_token: bool, frozen: bool = False) -> torch.nn.Module:
         """A one-output head (reward model: ``per_token`` False; value model: True) on the
-        backbone in ``path``, on the run's device, with the model's loading settings."""
+        backbone in ``path``, on the run's device, with the model's loading settings;
+        ``frozen``: only evaluated (``frozen()``)."""
         m = self.cfg.model
         model = models.load_scalar_model(
             path,
@@ -178,8 +188,9 @@ class RunContext:
             per_token=per_token,
             trust_remote_code=m.trust_remote_code,
             attn_implementation=m.attn_implementation,
-        ).to(self.device)
-        return self._sharded(model, functools.partial(self.load_scalar_model, path, per_token))
+        )
+        model = (self.frozen(model) if frozen else model).to(self.device)  # cast, then moved
+        return self._sharded(model, functools.partial(self.load_scalar_model, path, per_token, frozen))
 
     def load_reward(self):
         """The reward the method optimises (a reward model, an ensemble, or the gold reward)."""

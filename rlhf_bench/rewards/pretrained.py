@@ -198,6 +198,7 @@ class ClassifierJudge:
 def load_pretrained_reward(ctx: RunContext, spec: dict[str, Any]) -> PretrainedReward:
     """The reward a ``pretrained`` spec describes, on the run's device."""
     model, tokenizer = load_classifier(spec, ctx.device)
+    model = ctx.frozen(model)
     norm = Normalization(spec["norm_mean"], spec["norm_std"])
     return PretrainedReward(model, tokenizer, spec["label_index"], spec["input_format"], spec["batch_size"], norm)
 

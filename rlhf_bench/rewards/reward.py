@@ -110,8 +110,7 @@ def load_reward(ctx, folder: str | Path):
 
 
 def _load_member(ctx, folder: Path, norm: Normalization) -> ModelReward:
-    model = ctx.load_scalar_model(str(folder), per_token=False).eval()
-    model.requires_grad_(False)
+    model = ctx.load_scalar_model(str(folder), per_token=False, frozen=True)
     reward = ModelReward(model, norm)
     reward.folder = str(folder)
     return reward
