@@ -97,6 +97,8 @@ Path(f"{out}.rank{distributed.rank()}.json").write_text(json.dumps({
     "elements": sum(t.numel() for t in held),
     "bytes": sum(t.untyped_storage().nbytes() for t in held),
     "zero": distributed.zero_engine(optimizer) is not None,
+    # DeepSpeed's shared-memory all-reduce (a C++ op it would compile): not built on CPU
+    "shm_op": distributed.zero() and __import__("deepspeed").comm.comm.cdb.shm_comm_op is not None,
     "optimizer_elements": sum(v.numel() for s in optimizer.state.values() for v in s.values() if v.dim() > 0),
 }))
 state = distributed.full_state_dict(model) if distributed.is_sharded(model) else model.state_dict()
@@ -263,6 +265,7 @@ def test_deepspeed_zero_partitions_the_optimizer_and_takes_the_steps_of_one_proc
     pytest.importorskip("deepspeed")
     alone, shares = _two_steps_as_one(tmp_path, f"deepspeed:{stage}")
     assert not alone["zero"] and all(share["zero"] for share in shares)
+    assert not any(share["shm_op"] for share in shares)
     assert all(share["elements"] == alone["elements"] for share in shares)  # the model whole on each
     for share in shares:  # exp_avg and exp_avg_sq: half each (up to the alignment padding)
         assert 0.49 < share["optimizer_elements"] / alone["optimizer_elements"] < 0.51, share

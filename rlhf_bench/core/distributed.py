@@ -431,6 +431,7 @@ def zero_optimizer(optimizer: torch.optim.Optimizer, max_grad_norm: float | None
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
+    _no_shared_memory_all_reduce()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     holder = torch.nn.Module()
     holder.trained = torch.nn.ParameterList(params)
@@ -454,6 +455,19 @@ def zero_optimizer(optimizer: torch.optim.Optimizer, max_grad_norm: float | None
             soft_wrap=True,  # one line, whatever the terminal's width
         )
     return optimizer
+
+
+def _no_shared_memory_all_reduce() -> None:
+    """On CPU, keep DeepSpeed from compiling its shared-memory all-reduce op when its
+    communication backend starts (a C++ build of about a minute on every fresh machine, needing a
+    compiler): only DeepSpeed inference's ``inference_all_reduce`` uses it; ZeRO's collectives go
+    through the gloo process group. Marking the op incompatible is what DeepSpeed does itself
+    where it cannot build it (off Linux), and falls back the same way."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def zero_engine(optimizer: torch.optim.Optimizer):
