@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast format lint clean
+.PHONY: help run test test-fast format lint docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ format: $(VENV)/.installed-dev  ## ruff format + fix
 lint: $(VENV)/.installed-dev  ## ruff check
 	$(BIN)/ruff check rlhf_bench tests sweeps examples benchmarks
 	$(BIN)/ruff format --check rlhf_bench tests sweeps examples benchmarks
+
+docs: $(VENV)/.installed-dev  ## regenerate the generated tables in README.md and docs/
+	$(BIN)/python -m rlhf_bench.report.docs
 
 clean:  ## remove the environment and generated outputs
 	rm -rf $(VENV) artifacts results/runs results/multirun

@@ -48,7 +48,7 @@ def build_context(overrides: list[str], root: Path, sft_steps: int = 100):
     by the pipeline's cached stages under ``root`` (a second call reuses them)."""
     import dataclasses
 
-    from rlhf_bench.cli import load_config
+    from rlhf_bench.compose import load_config
     from rlhf_bench.core import models
     from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
     from rlhf_bench.pipeline import base_stage, preparation_stages

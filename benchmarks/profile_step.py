@@ -49,7 +49,7 @@ def phase(frames: list[tuple[str, str, int]]) -> str | None:
     own = [
         source_line(file, line)
         for _, file, line in frames
-        if "rlhf_bench/methods/" in file or "core/offline.py" in file
+        if "rlhf_bench/methods/" in file or "training/pairs.py" in file
     ]
     if not any(k in stack for k in ("rlhf_bench/methods/", "_inner_training_loop (", "_precompute_ref_logps (")):
         return None

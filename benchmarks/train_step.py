@@ -141,7 +141,7 @@ def child_hardware(model: str, repeats: int, root: Path, precision: str, groups:
     batch of ``groups`` prompts x 4 samples (the timed steps), next to a plain matmul's peak."""
     from rlhf_bench.core.rollout import _shared_prompts, response_logprobs
     from rlhf_bench.core.train import make_optimizer, optimizer_step
-    from rlhf_bench.methods.rloo import sample_groups
+    from rlhf_bench.training.groups import sample_groups
 
     ctx = context(model, root, device)
     ban_eos(ctx)
@@ -149,13 +149,13 @@ def child_hardware(model: str, repeats: int, root: Path, precision: str, groups:
     prompts = ctx.sample_prompts(groups, torch.Generator().manual_seed(0))
     _, batch = sample_groups(ctx, policy, prompts, 4, 1.0, torch.Generator().manual_seed(1))
     optimizer = make_optimizer(policy.parameters(), 1e-5)
-    advantages = torch.randn(batch[0].shape[0], generator=torch.Generator().manual_seed(2))
+    advantages = torch.randn(len(batch), generator=torch.Generator().manual_seed(2))
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step():
         with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
-            logp, _ = response_logprobs(policy, *batch, with_entropy=True)
-        loss = -(advantages.unsqueeze(-1) * logp * batch[3]).sum(-1).mean()
+            logp, _ = response_logprobs(policy, *batch.inputs(), with_entropy=True)
+        loss = -(advantages.unsqueeze(-1) * logp * batch.response_mask).sum(-1).mean()
         optimizer_step(loss, optimizer, 1.0)
 
     for _ in range(2):  # warm-up: allocator, AdamW state
@@ -177,8 +177,8 @@ def child_hardware(model: str, repeats: int, root: Path, precision: str, groups:
     a = torch.randn(2048, 2048, dtype=peak_dtype, device=ctx.device)
     _, matmul_cpu = timed(lambda: a @ a, 5)
     top_ops = op_profile(step)
-    rows, prompt_length, response_length = batch[0].shape[0], batch[0].shape[1], batch[2].shape[1]
-    shared = _shared_prompts(batch[0], batch[1])
+    rows, prompt_length, response_length = len(batch), batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    shared = _shared_prompts(batch.prompt_ids, batch.prompt_mask)
     prompt_rows = rows if shared is None else shared[0].shape[0]
     flops = 3.0 * logprob_pass_flops(policy, prompt_rows, rows, prompt_length, response_length)
     peak = max(peaks)

@@ -10,15 +10,16 @@ those of the command line.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 from hydra.errors import CompactHydraException
 from rich.console import Console
 from rich.markup import escape
+
+from rlhf_bench.compose import compose, conf_dir, load_config, register_schemas, register_sweeps, sweeps_dir  # noqa: F401
+from rlhf_bench.config_errors import _walk, explain_config_error  # noqa: F401
 
 console = Console(stderr=True)
 EXIT_CONFIG_ERROR = 2
@@ -53,43 +54,6 @@ _FLAGS_WITH_VALUE = {
 }
 
 
-def conf_dir() -> Path:
-    """The config tree: ``rlhf_bench/conf`` in an installed wheel, ``<repo>/conf`` in a checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"rlhf-bench's config tree was not found in {package / 'conf'} or {package.parent / 'conf'}"
-    )
-
-
-def sweeps_dir() -> Path:
-    """The ready sweeps: ``rlhf_bench/sweeps`` in an installed wheel, ``<repo>/sweeps`` in a checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "sweeps", package.parent / "sweeps"):
-        if (candidate / "methods_x_seeds.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"rlhf-bench's sweeps were not found in {package / 'sweeps'} or {package.parent / 'sweeps'}"
-    )
-
-
-def register_sweeps() -> None:
-    """Make every ``sweeps/*.yaml`` an option of the config group ``sweep`` (``+sweep=<name>``).
-
-    A sweep file is a global-package Hydra config that sets ``hydra.sweeper.params`` (and may
-    override ``/hydra/sweeper``); storing it in the ConfigStore lets the package find it wherever
-    it is installed, as ``conf_dir()`` does for the config tree. Idempotent.
-    """
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    cs = ConfigStore.instance()
-    for path in sorted(sweeps_dir().glob("*.yaml")):
-        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_", provider="rlhf-bench")
-
-
 def _debug() -> bool:
     return os.environ.get("RLHF_BENCH_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -110,182 +74,6 @@ def _overrides(argv: list[str]) -> list[str] | None:
             continue
         out.append(arg)
     return out
-
-
-def compose(overrides: list[str], return_hydra_config: bool = False):
-    """Compose the config for ``overrides`` (outside a Hydra run): a DictConfig, with the
-    ``hydra`` node (launcher, sweeper, sweep folder) when ``return_hydra_config``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from rlhf_bench.config import register_configs
-
-    register_configs()
-    register_sweeps()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
-
-
-def load_config(overrides: list[str]):
-    """The typed config (``rlhf_bench.config.Config``) for ``overrides``."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(compose(overrides))
-
-
-def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
-    """One readable line (or a few) for a config error: the key, the problem, the choices."""
-    from hydra.errors import MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from rlhf_bench.config import ConfigError
-
-    if isinstance(exc, ConfigError):
-        return f"config error: {exc}"
-    text = str(exc).strip()
-    if isinstance(exc, MissingConfigException) or "Could not find" in text:
-        group, option = _group_override(text, overrides)
-        choices = _group_options(group) if group else []
-        if group and choices:
-            hint = difflib.get_close_matches(option or "", choices, n=1)
-            msg = (
-                f"config error: '{option}' is not an option of config group '{group}'. Available: {', '.join(choices)}."
-            )
-            if group.startswith("hydra/") and not hint:
-                msg += " (Launcher and sweeper plugins: pip install 'rlhf-bench[sweeps]' for joblib, submitit, Optuna; 'rlhf-bench[ray]' for Ray.)"
-            prefix = next(
-                (o[: len(o) - len(o.lstrip("+~"))] for o in overrides if o.lstrip("+~").startswith(f"{group}=")), ""
-            )
-            return msg + (f" Did you mean {prefix}{group}={hint[0]}?" if hint else "")
-        return "config error: " + " ".join(text.split())
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    first_line, _, rest = str(cause).strip().partition("\n")
-    message = " ".join(str(cause).split())
-    if "not in struct" in message or "Could not override" in message or "not in '" in message:
-        key = _unknown_key(message, overrides)
-        group, _, leaf = (key or "").partition(".")
-        owners = _options_with_key(group, leaf) if group in _groups() and leaf else []
-        if owners:  # a real key, but not of the option that was chosen
-            return (
-                f"config error: '{key}' is not a key of the chosen {group} option; "
-                f"the {group} options that have it: {', '.join(owners)}."
-            )
-        if key and key.startswith(("hydra.launcher.", "hydra.sweeper.")):
-            return f"config error: unknown config key '{key}'." + _plugin_key_hint(key, overrides)
-        known = _known_keys()
-        depth = key.count(".") if key else 0
-        same_depth = [k for k in known if k.count(".") == depth]
-        hint = difflib.get_close_matches(key or "", same_depth, n=3, cutoff=0.6) if key else []
-        top = sorted({k.split(".")[0] for k in known})
-        msg = f"config error: unknown config key '{key}'." if key else f"config error: {message}"
-        if hint:
-            msg += f" Did you mean: {', '.join(hint)}?"
-        return msg + f" Top-level keys and groups: {', '.join(top)}. (rlhf-bench --help lists them all.)"
-    if isinstance(cause, OmegaConfBaseException) or isinstance(exc, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
-        return f"config error: {key}: {first_line.strip()}" if key else f"config error: {first_line.strip()}"
-    return f"config error: {type(exc).__name__}: {message}"
-
-
-def _group_override(text: str, overrides: list[str]) -> tuple[str | None, str | None]:
-    """From "Could not find 'method/ppoo'": ('method', 'ppoo')."""
-    import re
-
-    m = re.search(r"Could not find '([^']+)'", text)
-    if m and "/" in m.group(1):
-        group, option = m.group(1).rsplit("/", 1)
-        return group.strip("/"), option
-    for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
-        if key in _groups():
-            return key, value
-    return None, None
-
-
-def _groups() -> list[str]:
-    return sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
-
-
-def _options_with_key(group: str, leaf: str) -> list[str]:
-    """The options of ``group`` whose config has the (dotted) key ``leaf``."""
-    from omegaconf import OmegaConf
-
-    owners = []
-    for option in _group_options(group):
-        try:
-            node = compose([f"{group}={option}"])[group]
-        except Exception:
-            continue
-        if OmegaConf.select(node, leaf, default="__missing__") != "__missing__":
-            owners.append(option)
-    return owners
-
-
-def _group_options(group: str) -> list[str]:
-    """The options of ``group`` as Hydra sees them: files in conf/, the ready sweeps, installed plugins."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from rlhf_bench.config import register_configs
-
-    register_configs()
-    register_sweeps()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
-
-
-def _unknown_key(message: str, overrides: list[str]) -> str | None:
-    import re
-
-    for pattern in (
-        r"Could not override '([^']+)'",
-        r"full_key: (\S+)",
-        r"Key '([^']+)' (?:is )?not in",
-    ):
-        m = re.search(pattern, message)
-        if m:
-            return m.group(1)
-    return overrides[0].partition("=")[0] if overrides else None
-
-
-def _walk(node, prefix=""):
-    """Every dotted key under ``node``."""
-    from omegaconf import DictConfig
-
-    for k, v in node.items_ex(resolve=False):
-        key = f"{prefix}{k}"
-        yield key
-        if isinstance(v, DictConfig) and not v._is_none():
-            yield from _walk(v, key + ".")
-
-
-def _known_keys() -> list[str]:
-    """Every dotted key of the default config, and the group names."""
-    from omegaconf import OmegaConf
-
-    cfg = compose([])
-    OmegaConf.set_struct(cfg, False)
-    return sorted(set(_walk(cfg)) | set(_groups()))
-
-
-def _plugin_key_hint(key: str, overrides: list[str]) -> str:
-    """For an unknown ``hydra.launcher.*`` or ``hydra.sweeper.*`` key: the close keys of the chosen plugin."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    node = key.split(".")[1]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        kept = [o.input_line for o in parsed if not o.is_sweep_override() and o.get_key_element().lstrip("+~") != key]
-        hydra_cfg = compose(kept, return_hydra_config=True).hydra
-        known = list(_walk(hydra_cfg[node], f"hydra.{node}."))
-        chosen = hydra_cfg.runtime.choices.get(f"hydra/{node}")
-    except Exception:  # only a hint: never fail while explaining a failure
-        return ""
-    hint = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
-    return f" Did you mean: {', '.join(hint)}?" if hint else f" The chosen hydra/{node} ({chosen}) has no such key."
 
 
 def _jobs_to_check(overrides: list[str]) -> list[list[str]]:
@@ -408,10 +196,10 @@ def run_job(cfg) -> float:
             raise
         _fail(explain_config_error(exc, []), EXIT_CONFIG_ERROR)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    from rlhf_bench.config import ConfigError
     from rlhf_bench.core.checkpoint import Preempted
-    from rlhf_bench.rewards.function import RewardFunctionError
+    from rlhf_bench.errors import ConfigError
     from rlhf_bench.tasks.data import DataError
+    from rlhf_bench.tasks.judges import RewardFunctionError
 
     try:
         record = pipeline.run(typed, overrides)
@@ -454,9 +242,7 @@ def main() -> None:
     """Console script ``rlhf-bench``."""
     import hydra
 
-    from rlhf_bench.config import register_configs
-
-    register_configs()
+    register_schemas()
     register_sweeps()
     preflight(sys.argv[1:])
     app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(run_job)

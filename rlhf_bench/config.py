@@ -1,52 +1,38 @@
-"""Structured configs: one dataclass per config group option, registered in Hydra's ConfigStore.
+"""The root config and its shared sections (structured configs, Hydra's schemas).
 
 The YAML files in ``conf/`` extend these schemas (``defaults: [/schema/<group>/<name>@_here_]``),
 so a typo or a wrong type in a YAML file or on the command line is an error naming the key.
 The entry point converts the composed config once (``OmegaConf.to_object``); code past it
 receives these dataclasses, never raw dicts.
 
-Method, task and reward-model dataclasses live beside their code (``methods/ppo.py`` ...);
-this module holds the shared ones and registers them all.
+Every option's dataclass lives beside its code: a method's in ``methods/<name>.py``, a task's in
+``tasks/``, a reward model's in ``rewards/``, the tiny model's and LoRA's in ``core/models.py``,
+the checkpoint schedule's in ``core/checkpoint.py``. This module imports none of the methods,
+rewards or tasks; ``compose.register_schemas`` finds their dataclasses from the ``_target_`` of
+each YAML in ``conf/`` and stores them in Hydra's ConfigStore.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING
 
-from rlhf_bench.evaluation.lm_eval_suite import LmEvalConfig
+from rlhf_bench.core.checkpoint import CheckpointConfig
+from rlhf_bench.core.models import LoRAConfig, TinyModelConfig
+from rlhf_bench.errors import require, require_choice
 
 
-class ConfigError(ValueError):
-    """A config value that is well-typed but not allowed; the message names the key."""
-
-    def __init__(self, key: str, problem: str, value: Any = MISSING):
-        self.key = key
-        got = "" if value is MISSING else f" (got {value!r})"
-        super().__init__(f"{key} {problem}{got}")
-
-
-def require(condition: bool, key: str, problem: str, value: Any = MISSING) -> None:
-    """Raise a ConfigError for ``key`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(key, problem, value)
-
-
-def require_choice(value: Any, choices, key: str) -> None:
-    """Raise a ConfigError for ``key`` unless ``value`` is one of ``choices``."""
-    require(value in choices, key, f"must be one of {', '.join(map(str, choices))}", value)
-
-
-class WandbMode(str, Enum):
+class WandbMode(str, enum.Enum):
     offline = "offline"
     online = "online"
     disabled = "disabled"
 
 
-class Precision(str, Enum):
+class Precision(str, enum.Enum):
     auto = "auto"  # bf16 autocast on a CUDA device that supports it, fp32 otherwise
     fp32 = "fp32"
     bf16 = "bf16"
@@ -56,75 +42,6 @@ class Precision(str, Enum):
 class PathsConfig:
     results_dir: str = "results"
     artifacts_dir: str = "artifacts"
-
-
-@dataclass
-class CheckpointConfig:
-    """When training stages checkpoint, and whether a re-run resumes."""
-
-    every_steps: int = 0  # 0: no step-based schedule
-    every_seconds: float = 300.0  # 0: no time-based schedule (SIGTERM still checkpoints)
-    resume: bool = True  # a re-run of an interrupted run (same config) continues it
-    verify_artifacts: str = "hash"  # hash | size | none: how cached stages are checked before reuse
-
-    def __post_init__(self) -> None:
-        require(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0", self.every_steps)
-        require(self.every_seconds >= 0, "checkpoint.every_seconds", "must be >= 0", self.every_seconds)
-        require_choice(self.verify_artifacts, ("hash", "size", "none"), "checkpoint.verify_artifacts")
-
-
-@dataclass
-class TinyModelConfig:
-    """A causal LM built from a config, with a byte-level BPE tokenizer trained on the task's text."""
-
-    architecture: str = "gpt2"  # gpt2 | llama
-    n_layer: int = 4
-    d_model: int = 128
-    n_head: int = 4
-    vocab_size: int = 1024
-    max_positions: int = 64
-
-    def __post_init__(self) -> None:
-        require_choice(self.architecture, ("gpt2", "llama"), "model.tiny.architecture")
-        require(
-            self.d_model % self.n_head == 0,
-            "model.tiny.d_model",
-            "must be divisible by model.tiny.n_head",
-            self.d_model,
-        )
-        require(
-            self.vocab_size >= 300,
-            "model.tiny.vocab_size",
-            "must be >= 300 (256 bytes + merges + special tokens)",
-            self.vocab_size,
-        )
-
-
-@dataclass
-class LoRAConfig:
-    """Low-rank adapters on the method's policy (Hu et al. 2021): W x + (alpha / r) * B A x, B = 0 at the start.
-
-    Only A and B train; the reference is the same base weights with the adapters off, so a LoRA
-    run holds one copy of the model. SFT and the reward model stay full fine-tuning. Dropout is
-    off by default: RL needs the same log-probs in rollout and update (see ``disable_dropout``).
-    """
-
-    enabled: bool = False
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] | None = None  # None: peft's default for the architecture (gpt2: c_attn)
-
-    def __post_init__(self) -> None:
-        require(self.r >= 1, "model.lora.r", "must be >= 1", self.r)
-        require(self.alpha > 0, "model.lora.alpha", "must be > 0", self.alpha)
-        require(0 <= self.dropout < 1, "model.lora.dropout", "must be in [0, 1)", self.dropout)
-        require(
-            self.target_modules is None or len(self.target_modules) > 0,
-            "model.lora.target_modules",
-            "must be null (peft's default) or a non-empty list of module names",
-            self.target_modules,
-        )
 
 
 @dataclass
@@ -212,6 +129,18 @@ class PreferenceConfig:
         )
 
 
+# lm-eval's suite that ships with the package (evaluation/lm_eval_suite.py writes it)
+LM_EVAL_SUITE = ("rb_perplexity", "rb_gold", "rb_probe")
+
+
+@dataclass
+class LmEvalConfig:
+    tasks: list[str] = field(default_factory=lambda: list(LM_EVAL_SUITE))  # [] turns lm-eval off
+    limit: int | None = 128  # documents per task (None: all)
+    batch_size: int = 32
+    max_gen_toks: int = 32
+
+
 @dataclass
 class EvalConfig:
     """Evaluation on held-out prompts: gold reward, proxy reward, KL to SFT, win rate vs SFT."""
@@ -288,64 +217,14 @@ class Config:
         )
 
 
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
-    from rlhf_bench.methods.best_of_n import BestOfNConfig
-    from rlhf_bench.methods.dpo import DPOConfig
-    from rlhf_bench.methods.expert_iteration import ExpertIterationConfig
-    from rlhf_bench.methods.grpo import GRPOConfig
-    from rlhf_bench.methods.ipo import IPOConfig
-    from rlhf_bench.methods.kto import KTOConfig
-    from rlhf_bench.methods.ppo import PPOConfig
-    from rlhf_bench.methods.rloo import RLOOConfig
-    from rlhf_bench.methods.sft import SFTMethodConfig
-    from rlhf_bench.methods.simpo import SimPOConfig
-    from rlhf_bench.rewards.bradley_terry import BradleyTerryConfig
-    from rlhf_bench.rewards.ensemble import EnsembleConfig
-    from rlhf_bench.rewards.function import FunctionRewardConfig
-    from rlhf_bench.rewards.gold import GoldConfig
-    from rlhf_bench.rewards.margin import MarginConfig
-    from rlhf_bench.rewards.pretrained import PretrainedRewardConfig
-    from rlhf_bench.tasks.arithmetic import ArithmeticTaskConfig
-    from rlhf_bench.tasks.sentiment import SentimentTaskConfig
-    from rlhf_bench.tasks.toy import ToyTaskConfig
-    from rlhf_bench.tasks.user import UserTaskConfig
-
-    cs = ConfigStore.instance()
-    cs.store(name="rlhf_bench_schema", node=Config)
-    schemas = {
-        "task": {
-            "sentiment": SentimentTaskConfig,
-            "arithmetic": ArithmeticTaskConfig,
-            "user": UserTaskConfig,
-            "toy": ToyTaskConfig,
-        },
-        "model": {"model": ModelConfig},
-        "method": {
-            "sft": SFTMethodConfig,
-            "ppo": PPOConfig,
-            "best_of_n": BestOfNConfig,
-            "dpo": DPOConfig,
-            "ipo": IPOConfig,
-            "simpo": SimPOConfig,
-            "kto": KTOConfig,
-            "rloo": RLOOConfig,
-            "grpo": GRPOConfig,
-            "expert_iteration": ExpertIterationConfig,
-        },
-        "reward_model": {
-            "bradley_terry": BradleyTerryConfig,
-            "margin": MarginConfig,
-            "ensemble": EnsembleConfig,
-            "gold": GoldConfig,
-            "pretrained": PretrainedRewardConfig,
-            "function": FunctionRewardConfig,
-        },
-        "eval": {"eval": EvalConfig},
-        "logger": {"wandb": LoggerConfig},
-    }
-    for group, options in schemas.items():
-        for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, enums and containers -> JSON-ready dicts, lists and scalars."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj

@@ -29,9 +29,10 @@ from typing import Any
 
 from rich.console import Console
 
-from rlhf_bench.config import Config, require
+from rlhf_bench.config import Config
 from rlhf_bench.core import distributed
 from rlhf_bench.core.checkpoint import Preempted, manifest, preemption_handler, verify_manifest
+from rlhf_bench.errors import require
 from rlhf_bench.tracking.record import (
     RECORD_VERSION,
     git_commit,
@@ -412,7 +413,7 @@ def base_stage(cfg: Config, tracker, device, dtype):
     from hydra.utils import get_class
 
     from rlhf_bench.core import models
-    from rlhf_bench.core.context import RunContext
+    from rlhf_bench.run import RunContext
 
     task = get_class(cfg.task._target_)(cfg.task)
     base = None
@@ -626,12 +627,13 @@ def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[s
 
     from rlhf_bench.evaluation import lm_eval_suite
     from rlhf_bench.evaluation.gold import evaluate
+    from rlhf_bench.rewards.reward import load_run_reward
 
     cfg = ctx.cfg
     policy = train_policy(ctx)
     with ctx.cost.timed("eval"):
         with distributed.whole_models():  # the main process alone
-            ref, reward = ctx.load_reference(), ctx.load_reward()
+            ref, reward = ctx.load_reference(), load_run_reward(ctx)
         metrics = evaluate(ctx, policy, ref, reward, cfg.eval, cfg.seed)
     metrics["reward_model"] = {
         "accuracy": rm_info["accuracy"],

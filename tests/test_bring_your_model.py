@@ -10,12 +10,12 @@ from conftest import fast_overrides
 
 from rlhf_bench import pipeline
 from rlhf_bench.cli import load_config
-from rlhf_bench.config import ConfigError, TinyModelConfig
+from rlhf_bench.config import TinyModelConfig
 from rlhf_bench.core import models
-from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import generate, pad, response_logprobs
-from rlhf_bench.rewards.pretrained import PretrainedReward
-from rlhf_bench.rewards.reward import load_reward
+from rlhf_bench.errors import ConfigError
+from rlhf_bench.rewards.reward import PretrainedReward, load_reward
+from rlhf_bench.run import RunContext
 from rlhf_bench.tasks.sentiment import SentimentTask, SentimentTaskConfig
 
 PROMPTS = ["The movie was", "I watched this film and", "Honestly, the acting", "This story"]
@@ -326,7 +326,7 @@ def test_pretrained_reward_through_the_pipeline(classifier_folder, tmp_path):
 
 
 def test_pretrained_reward_label_index_checked(classifier_folder, tiny_lm):
-    from rlhf_bench.rewards.pretrained import load_classifier
+    from rlhf_bench.tasks.judges import load_classifier
 
     spec = {"name_or_path": str(classifier_folder), "revision": None, "trust_remote_code": False}
     with pytest.raises(ConfigError, match="reward_model.label_index must be < the classifier's number of labels"):

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from rlhf_bench.cli import _jobs_to_check, compose, conf_dir, explain_config_error, load_config
-from rlhf_bench.config import Config, ConfigError
+from rlhf_bench.config import Config
+from rlhf_bench.errors import ConfigError
 from rlhf_bench.methods.ppo import PPOConfig
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir())

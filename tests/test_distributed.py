@@ -294,8 +294,8 @@ def test_parallel_strategy_config():
     they are ddp (nothing to shard over); an accelerate FSDP or DeepSpeed launch needs the matching
     parallel.strategy, and what either config asks for that is not built is refused by name."""
     from rlhf_bench.cli import load_config
-    from rlhf_bench.config import ConfigError
     from rlhf_bench.core import distributed
+    from rlhf_bench.errors import ConfigError
 
     assert load_config([]).parallel.strategy == "ddp"
     assert load_config(["parallel.strategy=fsdp"]).parallel.strategy == "fsdp"
@@ -451,7 +451,7 @@ def test_batches_that_do_not_split_over_the_processes_are_refused_by_key():
     """2 processes x b take the steps of 1 x 2b only if every training batch splits evenly; PPO's
     processes would otherwise take different numbers of minibatch steps and wait for each other."""
     from rlhf_bench.cli import load_config
-    from rlhf_bench.config import ConfigError
+    from rlhf_bench.errors import ConfigError
     from rlhf_bench.pipeline import check_batches_split
 
     check_batches_split(load_config([]), 2)  # the defaults split over 2, 4 and 8 processes

@@ -12,8 +12,8 @@ import torch
 
 from rlhf_bench import pipeline
 from rlhf_bench.cli import load_config
-from rlhf_bench.config import ConfigError
 from rlhf_bench.core import models
+from rlhf_bench.errors import ConfigError
 from rlhf_bench.tasks import formats
 from rlhf_bench.tasks.data import DataError, load_hf_split, read_jsonl
 
@@ -404,7 +404,7 @@ def test_bad_formatter_settings_name_the_key(overrides, expected):
 def test_judge_probability_is_the_softmax_of_its_labels(stand_ins, tok):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_bench.rewards.pretrained import ClassifierJudge
+    from rlhf_bench.tasks.judges import ClassifierJudge
 
     prompts, responses = ["This movie was", "I hated"], [" great", " it"]
     probability = ClassifierJudge(str(stand_ins["judge"]), 1, output="probability")(prompts, responses)

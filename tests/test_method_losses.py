@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_bench.methods.best_of_n import analytic_kl, select_best
+from rlhf_bench.methods.best_of_n import analytic_kl
 from rlhf_bench.methods.dpo import dpo_loss
 from rlhf_bench.methods.grpo import aggregate_loss, group_advantages, grpo_loss
 from rlhf_bench.methods.ipo import ipo_loss
@@ -15,6 +15,7 @@ from rlhf_bench.methods.simpo import simpo_loss
 from rlhf_bench.rewards.bradley_terry import bradley_terry_loss
 from rlhf_bench.rewards.margin import margin_loss
 from rlhf_bench.rewards.reward import aggregate
+from rlhf_bench.training.groups import select_best
 
 
 def t(*values):

@@ -89,11 +89,11 @@ def test_wandb_offline_files_hold_the_logged_metrics(two_runs):
     run = read_offline_run(record["wandb"]["dir"])
     assert run["state"] == "finished"
     logged = run["history"]
-    assert any("train/sft_loss" in row for row in logged)
-    assert any("train/rm_loss" in row for row in logged)
-    ppo_rows = [row for row in logged if "objective/kl" in row]
+    assert any("sft/train/loss" in row for row in logged)
+    assert any("reward_model/train/loss" in row for row in logged)
+    ppo_rows = [row for row in logged if "ppo/objective/kl" in row]
     assert len(ppo_rows) == 2
-    assert ppo_rows[-1]["objective/kl"] == pytest.approx(record["history"]["ppo"][-1]["objective/kl"])
+    assert ppo_rows[-1]["ppo/objective/kl"] == pytest.approx(record["history"]["ppo"][-1]["objective/kl"])
     summary = run["summary"]
     assert summary["eval/policy/gold_reward"] == pytest.approx(record["metrics"]["policy"]["gold_reward"])
     probe = record["metrics"]["lm_eval"]["policy"]["rb_probe"]["acc"]

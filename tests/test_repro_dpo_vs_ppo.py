@@ -76,7 +76,7 @@ def _toy_context():
     """A small toy world (4 letters, 3 a response: 64 responses) and an untrained tiny GPT-2 on it."""
     from rlhf_bench.config import TinyModelConfig
     from rlhf_bench.core import models
-    from rlhf_bench.core.context import RunContext
+    from rlhf_bench.run import RunContext
     from rlhf_bench.tasks.toy import ToyTask, ToyTaskConfig
 
     models.quiet_transformers()

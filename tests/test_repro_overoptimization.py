@@ -126,7 +126,7 @@ def test_evaluating_along_training_leaves_ppo_unchanged(tmp_path):
     run is otherwise the same run: the same training history, final policy and cost."""
     from rlhf_bench import pipeline
     from rlhf_bench.cli import load_config
-    from rlhf_bench.config import ConfigError
+    from rlhf_bench.errors import ConfigError
 
     paths = [f"paths.results_dir={tmp_path}/results", f"paths.artifacts_dir={tmp_path}/artifacts"]
     world = [*TINY_WORLD, "preferences.n_train=128", *paths]
@@ -139,7 +139,7 @@ def test_evaluating_along_training_leaves_ppo_unchanged(tmp_path):
     assert probed["metrics"]["policy"] == plain["metrics"]["policy"]
     assert probed["cost"]["tokens_generated"] == plain["cost"]["tokens_generated"]
     rows = probed["history"]["ppo_eval"]
-    assert [r["train/ppo_step"] for r in rows] == [0, 2, 4]
+    assert [r["train/step"] for r in rows] == [0, 2, 4]
     # step 0 is the SFT policy: KL 0, and its exact gold reward is the SFT row's; the last is the final policy
     assert rows[0]["eval/exact_kl"] == pytest.approx(0.0, abs=1e-6) and rows[0]["eval/kl"] == pytest.approx(0, abs=1e-5)
     assert rows[0]["eval/exact_gold_reward"] == pytest.approx(plain["metrics"]["sft"]["exact_gold_reward"], abs=1e-6)

@@ -11,7 +11,7 @@ import pytest
 
 def test_backbone_option_composes_and_refuses_bad_values():
     from rlhf_bench.cli import load_config
-    from rlhf_bench.config import ConfigError
+    from rlhf_bench.errors import ConfigError
 
     for option in ("bradley_terry", "margin", "ensemble"):
         cfg = load_config(
@@ -31,8 +31,8 @@ def test_backbone_needs_the_tiny_model_and_sft(tmp_path):
 
     from rlhf_bench import pipeline
     from rlhf_bench.cli import load_config
-    from rlhf_bench.config import ConfigError
-    from rlhf_bench.core.context import RunContext
+    from rlhf_bench.errors import ConfigError
+    from rlhf_bench.run import RunContext
 
     def ctx(*overrides):
         cfg = load_config([f"paths.artifacts_dir={tmp_path}", "reward_model.backbone.n_layer=1", *overrides])

@@ -10,11 +10,12 @@ import torch
 from conftest import RM_FAST, TOY_TINY
 
 from rlhf_bench.cli import load_config
-from rlhf_bench.config import ConfigError, TinyModelConfig
+from rlhf_bench.config import TinyModelConfig
 from rlhf_bench.core import models
-from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.rollout import response_logits, response_logprobs
+from rlhf_bench.errors import ConfigError
 from rlhf_bench.evaluation import exact
+from rlhf_bench.run import RunContext
 from rlhf_bench.tasks.toy import ToyTask, ToyTaskConfig
 
 # pi_ref over the 4 responses aa, ab, ba, bb of a 2-symbol alphabet, L = 2, and a reward with a tied argmax

@@ -35,6 +35,7 @@ import random
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,28 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from rlhf_bench.config import CheckpointConfig
 from rlhf_bench.core import distributed
+from rlhf_bench.core.files import write_json_atomic
+from rlhf_bench.errors import require, require_choice
 
 console = Console(stderr=True)
+
+
+@dataclass
+class CheckpointConfig:
+    """When training stages checkpoint, and whether a re-run resumes."""
+
+    every_steps: int = 0  # 0: no step-based schedule
+    every_seconds: float = 300.0  # 0: no time-based schedule (SIGTERM still checkpoints)
+    resume: bool = True  # a re-run of an interrupted run (same config) continues it
+    verify_artifacts: str = "hash"  # hash | size | none: how cached stages are checked before reuse
+
+    def __post_init__(self) -> None:
+        require(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0", self.every_steps)
+        require(self.every_seconds >= 0, "checkpoint.every_seconds", "must be >= 0", self.every_seconds)
+        require_choice(self.verify_artifacts, ("hash", "size", "none"), "checkpoint.verify_artifacts")
+
+
 LATEST = "latest.json"
 
 
@@ -315,8 +334,6 @@ class Checkpointer:
 
     def _publish(self, final: Path, step: int, extra: dict[str, Any]) -> None:
         """Name ``final`` in latest.json (with its files' hashes and the run's state), drop older ones."""
-        from rlhf_bench.tracking.record import write_json_atomic
-
         cost, tracker = self.ctx.cost, self.ctx.tracker
         meta = {
             "stage": self.stage,

@@ -47,7 +47,7 @@ def setup(device: torch.device | None = None, strategy: str = "ddp", zero_stage:
     """Join the process group a launcher described (WORLD_SIZE > 1); otherwise nothing.
     ``strategy`` (``parallel.strategy``): ddp, fsdp or deepspeed, ``zero_stage``
     (``parallel.zero_stage``) deepspeed's (see the module's docstring)."""
-    from rlhf_bench.config import ConfigError
+    from rlhf_bench.errors import ConfigError
 
     if strategy not in STRATEGIES:
         raise ConfigError("parallel.strategy", f"must be one of {', '.join(STRATEGIES)}", strategy)
@@ -102,7 +102,7 @@ def _destroy_process_group() -> None:
 def _check_deepspeed_launch(strategy: str, zero_stage: int) -> None:
     """parallel.strategy=deepspeed needs DeepSpeed; an accelerate launch with a DeepSpeed config
     needs parallel.strategy=deepspeed and the same ZeRO stage, and none of what is not built."""
-    from rlhf_bench.config import ConfigError
+    from rlhf_bench.errors import ConfigError
 
     try:
         import deepspeed  # noqa: F401

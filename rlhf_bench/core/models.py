@@ -10,11 +10,67 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rlhf_bench.config import ConfigError, LoRAConfig, TinyModelConfig
+from rlhf_bench.errors import ConfigError, require, require_choice
+
+
+@dataclass
+class TinyModelConfig:
+    """A causal LM built from a config, with a byte-level BPE tokenizer trained on the task's text."""
+
+    architecture: str = "gpt2"  # gpt2 | llama
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    vocab_size: int = 1024
+    max_positions: int = 64
+
+    def __post_init__(self) -> None:
+        require_choice(self.architecture, ("gpt2", "llama"), "model.tiny.architecture")
+        require(
+            self.d_model % self.n_head == 0,
+            "model.tiny.d_model",
+            "must be divisible by model.tiny.n_head",
+            self.d_model,
+        )
+        require(
+            self.vocab_size >= 300,
+            "model.tiny.vocab_size",
+            "must be >= 300 (256 bytes + merges + special tokens)",
+            self.vocab_size,
+        )
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on the method's policy (Hu et al. 2021): W x + (alpha / r) * B A x, B = 0 at the start.
+
+    Only A and B train; the reference is the same base weights with the adapters off, so a LoRA
+    run holds one copy of the model. SFT and the reward model stay full fine-tuning. Dropout is
+    off by default: RL needs the same log-probs in rollout and update (see ``disable_dropout``).
+    """
+
+    enabled: bool = False
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: peft's default for the architecture (gpt2: c_attn)
+
+    def __post_init__(self) -> None:
+        require(self.r >= 1, "model.lora.r", "must be >= 1", self.r)
+        require(self.alpha > 0, "model.lora.alpha", "must be > 0", self.alpha)
+        require(0 <= self.dropout < 1, "model.lora.dropout", "must be in [0, 1)", self.dropout)
+        require(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "model.lora.target_modules",
+            "must be null (peft's default) or a non-empty list of module names",
+            self.target_modules,
+        )
+
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 
@@ -20,28 +20,39 @@ from rlhf_bench.core import distributed
 from rlhf_bench.core.ops import last_token_index, logprobs_and_entropy, position_ids_from_mask
 
 
-@dataclass
-class Rollout:
-    """What an online method samples: prompts, responses and the per-token quantities on them."""
+@dataclass(frozen=True)
+class Samples:
+    """Responses to prompts, one row each: the batch every scoring and training pass reads."""
 
     prompt_ids: torch.Tensor  # [B, P] left padded
-    prompt_mask: torch.Tensor  # [B, P]
+    prompt_mask: torch.Tensor  # [B, P] 1 on prompt tokens
     response_ids: torch.Tensor  # [B, R] right padded
-    response_mask: torch.Tensor  # [B, R]
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # logprobs, values, rewards ... [B, R] or [B]
+    response_mask: torch.Tensor  # [B, R] 1 on response tokens, up to and including the first EOS
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
-    def select(self, index: torch.Tensor) -> Rollout:
-        """The rows ``index`` of every tensor."""
-        return Rollout(
-            self.prompt_ids[index],
-            self.prompt_mask[index],
-            self.response_ids[index],
-            self.response_mask[index],
-            {k: v[index] for k, v in self.extras.items()},
-        )
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prompt_ids, prompt_mask, response_ids, response_mask): the arguments of every pass
+        over a batch (``response_logprobs``, ``sequence_scores``, a reward's ``__call__``)."""
+        return self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask
+
+    def tokens(self) -> int:
+        """The prompt and response tokens a training pass over these rows reads (cost accounting)."""
+        return int(self.prompt_mask.sum() + self.response_mask.sum())
+
+
+def select_rows(batch, index: torch.Tensor):
+    """A dataclass of per-row tensors (``Samples``, a method's rollout) with only the rows ``index``:
+    every tensor field and nested such dataclass indexed, anything else kept."""
+    rows = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor):
+            rows[f.name] = value[index]
+        elif is_dataclass(value):
+            rows[f.name] = select_rows(value, index)
+    return replace(batch, **rows)
 
 
 def pad(

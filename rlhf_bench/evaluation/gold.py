@@ -32,9 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import EvalConfig
-from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.ops import masked_sum
 from rlhf_bench.core.train import batches
+from rlhf_bench.run import RunContext
 
 
 @torch.no_grad()

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-SUITE = ("rb_perplexity", "rb_gold", "rb_probe")
+from rlhf_bench.config import LM_EVAL_SUITE, LmEvalConfig, to_plain
+
+SUITE = LM_EVAL_SUITE
 SUITE_VERSION = 1.0
-
-
-@dataclass
-class LmEvalConfig:
-    tasks: list[str] = field(default_factory=lambda: list(SUITE))  # [] turns lm-eval off
-    limit: int | None = 128  # documents per task (None: all)
-    batch_size: int = 32
-    max_gen_toks: int = 32
 
 
 def _yaml(name: str, data: Path, body: str) -> str:
@@ -42,8 +35,6 @@ def _yaml(name: str, data: Path, body: str) -> str:
 
 def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
     """Write the suite's YAMLs, data and metric for ``ctx.task`` into ``folder``."""
-    from rlhf_bench.pipeline import to_plain
-
     folder.mkdir(parents=True, exist_ok=True)
     task = ctx.task
     config_cls = type(ctx.cfg.task)

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 
 import torch
 
-from rlhf_bench.core.context import RunContext
 from rlhf_bench.evaluation import exact
 from rlhf_bench.evaluation.gold import _samples, _summary
+from rlhf_bench.run import RunContext
 
 SEED_OFFSET = 20_000  # the evaluation's generators: apart from training's and the final evaluation's
 

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from rlhf_bench.config import require
 from rlhf_bench.core import distributed
-from rlhf_bench.core.context import RunContext
+from rlhf_bench.errors import require
+from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.run import RunContext
+from rlhf_bench.training.groups import select_best
 
 
 @dataclass
@@ -43,14 +45,6 @@ class BestOfNConfig:
 def analytic_kl(n: int) -> float:
     """KL(best-of-n || base) = log n - (n - 1) / n."""
     return math.log(n) - (n - 1) / n
-
-
-def select_best(scores: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor, n: int):
-    """[B*n] scores and [B*n, R] responses (n consecutive rows per prompt) -> the best row per prompt."""
-    best = scores.view(-1, n).argmax(-1) + torch.arange(0, scores.numel(), n, device=scores.device)
-    ids, mask = response_ids[best], response_mask[best]
-    length = int(mask.sum(-1).max())  # drop columns that only the losers used
-    return ids[:, :length], mask[:, :length]
 
 
 class BestOfN:
@@ -86,4 +80,4 @@ def train(ctx: RunContext, cfg: BestOfNConfig) -> BestOfN:
     """Nothing to train: the SFT policy and the reward model, composed (whole on every process
     under fsdp: the main process samples from them alone in the evaluation)."""
     with distributed.whole_models():
-        return BestOfN(ctx.load_reference(), ctx.load_reward(), cfg.n, cfg.temperature)
+        return BestOfN(ctx.load_reference(), load_run_reward(ctx), cfg.n, cfg.temperature)

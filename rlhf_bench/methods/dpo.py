@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhf_bench.config import require
-from rlhf_bench.core.offline import OfflineConfig, PairLogps, train_on_pairs
+from rlhf_bench.errors import require
+from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, implicit_reward_stats, train_on_pairs
 
 
 @dataclass
@@ -48,19 +48,6 @@ def dpo_loss(
     return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
-def implicit_reward_stats(logps: PairLogps, beta: float) -> dict[str, float]:
-    """The implicit rewards beta * log(pi / pi_ref) of chosen and rejected, and how often chosen wins."""
-    with torch.no_grad():
-        chosen = beta * (logps.chosen - logps.ref_chosen)
-        rejected = beta * (logps.rejected - logps.ref_rejected)
-        return {
-            "objective/chosen_reward": float(chosen.mean()),
-            "objective/rejected_reward": float(rejected.mean()),
-            "objective/reward_margin": float((chosen - rejected).mean()),
-            "objective/reward_accuracy": float((chosen > rejected).float().mean()),
-        }
-
-
 def train(ctx, cfg: DPOConfig) -> torch.nn.Module:
     def loss_fn(logps: PairLogps):
         losses = dpo_loss(
@@ -68,4 +55,4 @@ def train(ctx, cfg: DPOConfig) -> torch.nn.Module:
         )
         return losses.mean(), implicit_reward_stats(logps, cfg.beta)
 
-    return train_on_pairs(ctx, cfg, loss_fn, "dpo")
+    return train_on_pairs(ctx, cfg, PairObjective("dpo", loss_fn))

@@ -12,15 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import trange
 
-from rlhf_bench.config import require
 from rlhf_bench.core import distributed
+from rlhf_bench.core.loop import Trainables, run_loop
 from rlhf_bench.core.ops import masked_mean
-from rlhf_bench.core.rollout import pad
+from rlhf_bench.core.rollout import Samples, pad
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
-from rlhf_bench.methods.best_of_n import select_best
-from rlhf_bench.methods.rloo import sample_groups
+from rlhf_bench.errors import require
+from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.training.groups import sample_groups, select_best
 
 
 @dataclass
@@ -51,8 +51,8 @@ def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature:
     for start in range(0, len(prompts), chunk):
         part = prompts[start : start + chunk]
         _, batch = sample_groups(ctx, policy, part, k, temperature, generator)
-        scores = ctx.score(reward, *batch)
-        ids, mask = select_best(scores, batch[2], batch[3], k)
+        scores = ctx.score(reward, *batch.inputs())
+        ids, mask = select_best(scores, batch.response_ids, batch.response_mask, k)
         kept_scores.append(scores.view(-1, k).max(-1).values.cpu())
         kept_prompts += ctx.encode_prompts(part)
         kept_responses += [row[: int(m.sum())].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
@@ -61,38 +61,45 @@ def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature:
 
 def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
-    reward = ctx.load_reward()
+    reward = load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     prompt_gen, sample_gen = ctx.generators()
-    ckpt = ctx.checkpointer("expert_iteration")
-    saved = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen})
-    pad_id, start, step = ctx.tokenizer.pad_token_id, saved.get("step", 0), saved.get("optimizer_steps", 0)
-    for round_ in trange(
-        start, cfg.rounds, desc="expert iteration", unit="round", dynamic_ncols=True, initial=start, total=cfg.rounds
-    ):
+    pad_id = ctx.tokenizer.pad_token_id
+
+    def round_(i: int, state: dict) -> dict[str, float]:
+        """One round: best-of-k samples of fresh prompts, then ``steps_per_round`` fine-tuning steps on them."""
         prompts = ctx.sample_prompts(cfg.prompts_per_round, prompt_gen)
         kept_p, kept_r, scores = best_responses(ctx, policy, reward, prompts, cfg.k, cfg.temperature, sample_gen)
         for _ in range(cfg.steps_per_round):
             idx = distributed.shard(torch.randint(len(kept_p), (cfg.batch_size,), generator=prompt_gen)).tolist()
-            prompt_ids, prompt_mask = pad([kept_p[i] for i in idx], pad_id, "left", ctx.device)
-            response_ids, response_mask = pad([kept_r[i] for i in idx], pad_id, "right", ctx.device)
+            batch = Samples(
+                *pad([kept_p[j] for j in idx], pad_id, "left", ctx.device),
+                *pad([kept_r[j] for j in idx], pad_id, "right", ctx.device),
+            )
             with ctx.autocast():
-                logp, _ = ctx.logprobs(policy, prompt_ids, prompt_mask, response_ids, response_mask)
-            loss = -masked_mean(logp, response_mask.float())  # next-token loss on the response only
-            check_finite(loss, "expert_iteration/loss", step)
+                logp, _ = ctx.logprobs(policy, *batch.inputs())
+            loss = -masked_mean(logp, batch.response_mask.float())  # next-token loss on the response only
+            check_finite(loss, "expert_iteration/loss", state["optimizer_steps"])
             grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
-            ctx.cost.tokens_trained += int(prompt_mask.sum() + response_mask.sum())
-            step += 1
-        ctx.tracker.log(
-            "expert_iteration",
-            {
-                "train/round": round_,
-                "train/step": step,
-                "train/loss": loss.item(),
-                "train/grad_norm": grad_norm,
-                "objective/best_score": float(scores.mean()),
-            },
-        )
-        ckpt.step_done(round_ + 1, force=round_ + 1 == cfg.rounds, optimizer_steps=step)
-    ckpt.close()
+            ctx.cost.tokens_trained += batch.tokens()
+            state["optimizer_steps"] += 1
+        return {
+            "train/optimizer_steps": state["optimizer_steps"],
+            "train/loss": loss.item(),
+            "train/grad_norm": grad_norm,
+            "objective/best_score": float(scores.mean()),
+        }
+
+    trainables = Trainables({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen})
+    run_loop(
+        ctx.checkpointer("expert_iteration"),
+        ctx.tracker.log,
+        "expert_iteration",
+        cfg.rounds,
+        round_,
+        trainables,
+        state={"optimizer_steps": 0},
+        desc="expert iteration",
+        unit="round",
+    )
     return policy

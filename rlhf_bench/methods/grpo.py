@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import trange
 
-from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.kl import KL_ESTIMATORS, kl_penalty
+from rlhf_bench.core.loop import Trainables, run_loop
 from rlhf_bench.core.ops import masked_mean
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
-from rlhf_bench.methods.rloo import sample_groups
+from rlhf_bench.errors import require, require_choice
+from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.training.groups import sample_groups
 
 AGGREGATIONS = ("sequence", "token", "constant")
 
@@ -108,27 +109,26 @@ def grpo_loss(
 
 def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
-    ref, reward = ctx.load_reference(), ctx.load_reward()
+    ref, reward = ctx.load_reference(), load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     prompt_gen, sample_gen = ctx.generators()
-    ckpt = ctx.checkpointer("grpo")
-    start = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}).get(
-        "step", 0
-    )
-    for step in trange(start, cfg.steps, desc="GRPO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
+
+    def step(i: int, _state) -> dict[str, float]:
         prompts = ctx.sample_prompts(cfg.prompts_per_step, prompt_gen)
         texts, batch = sample_groups(ctx, policy, prompts, cfg.group_size, cfg.temperature, sample_gen)
-        mask = batch[3].float()
+        mask = batch.response_mask.float()
         with torch.no_grad(), ctx.autocast():
-            scores = ctx.score(reward, *batch)
-            ref_logp, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
+            scores = ctx.score(reward, *batch.inputs())
+            ref_logp, _ = ctx.logprobs(ref, *batch.inputs(), temperature=cfg.temperature)
             # With one update per batch (mu = 1) the sampling policy is the policy being updated:
             # its log-probs are the first update's, detached, and cost no forward pass of their own.
-            old_logp = ctx.logprobs(policy, *batch, temperature=cfg.temperature)[0] if cfg.iterations > 1 else None
+            old_logp = (
+                ctx.logprobs(policy, *batch.inputs(), temperature=cfg.temperature)[0] if cfg.iterations > 1 else None
+            )
         advantages = group_advantages(scores, cfg.group_size, cfg.scale_rewards)
         for _ in range(cfg.iterations):
             with ctx.autocast():
-                logp, entropy = ctx.logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
+                logp, entropy = ctx.logprobs(policy, *batch.inputs(), temperature=cfg.temperature, with_entropy=True)
             if old_logp is None:
                 old_logp = logp.detach()
             loss, stats = grpo_loss(
@@ -142,25 +142,22 @@ def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
                 cfg.kl_estimator,
                 cfg.loss_aggregation,
             )
-            check_finite(loss, "grpo/loss", step)
+            check_finite(loss, "grpo/loss", i)
             grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
-            ctx.cost.tokens_trained += int(batch[1].sum() + batch[3].sum())
-        gold = ctx.gold(texts, batch[2], batch[3])
+            ctx.cost.tokens_trained += batch.tokens()
+        gold = ctx.gold(texts, batch.response_ids, batch.response_mask)
         seq_kl = (old_logp - ref_logp) * mask
-        ctx.tracker.log(
-            "grpo",
-            {
-                "train/step": step,
-                "train/loss": loss.item(),
-                "train/grad_norm": grad_norm,
-                **stats,
-                "objective/score": float(scores.mean()),
-                "objective/gold_reward": float(gold.mean()),
-                "objective/kl": float(seq_kl.sum(-1).mean()),
-                "objective/response_length": float(mask.sum(-1).mean()),
-                "policy/entropy": float(masked_mean(entropy, mask)),
-            },
-        )
-        ckpt.step_done(step + 1, force=step + 1 == cfg.steps)
-    ckpt.close()
+        return {
+            "train/loss": loss.item(),
+            "train/grad_norm": grad_norm,
+            **stats,
+            "objective/score": float(scores.mean()),
+            "objective/gold_reward": float(gold.mean()),
+            "objective/kl": float(seq_kl.sum(-1).mean()),
+            "objective/response_length": float(mask.sum(-1).mean()),
+            "policy/entropy": float(masked_mean(entropy, mask)),
+        }
+
+    trainables = Trainables({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen})
+    run_loop(ctx.checkpointer("grpo"), ctx.tracker.log, "grpo", cfg.steps, step, trainables, desc="GRPO")
     return policy

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.config import require
-from rlhf_bench.core.offline import OfflineConfig, PairLogps, train_on_pairs
-from rlhf_bench.methods.dpo import implicit_reward_stats
+from rlhf_bench.errors import require
+from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, implicit_reward_stats, train_on_pairs
 
 
 @dataclass
@@ -51,4 +50,4 @@ def train(ctx, cfg: IPOConfig) -> torch.nn.Module:
         losses = ipo_loss(logps.chosen, logps.rejected, logps.ref_chosen, logps.ref_rejected, cfg.tau)
         return losses.mean(), implicit_reward_stats(logps, cfg.tau)
 
-    return train_on_pairs(ctx, cfg, loss_fn, "ipo")
+    return train_on_pairs(ctx, cfg, PairObjective("ipo", loss_fn))

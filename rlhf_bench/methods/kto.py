@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.config import require
-from rlhf_bench.core.offline import OfflineConfig, PairLogps, train_on_pairs
+from rlhf_bench.errors import require
+from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, train_on_pairs, with_mismatched
 
 
 @dataclass
@@ -85,4 +85,4 @@ def train(ctx, cfg: KTOConfig) -> torch.nn.Module:
         }
         return loss, stats
 
-    return train_on_pairs(ctx, cfg, loss_fn, "kto", mismatched=True)
+    return train_on_pairs(ctx, cfg, PairObjective("kto", loss_fn, rows=with_mismatched))

@@ -27,21 +27,21 @@ Deviations from the papers:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import trange
 
-from rlhf_bench.config import require, require_choice
 from rlhf_bench.core import distributed
-from rlhf_bench.core.context import RunContext
 from rlhf_bench.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from rlhf_bench.core.loop import STEP_KEY, Trainables, run_loop
 from rlhf_bench.core.losses import clipped_policy_loss, clipped_value_loss
 from rlhf_bench.core.ops import gae, last_token_index, masked_mean, masked_whiten
-from rlhf_bench.core.rollout import Rollout, response_values, score_head
+from rlhf_bench.core.rollout import Samples, response_values, score_head, select_rows
 from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimizer_step
+from rlhf_bench.errors import require, require_choice
 from rlhf_bench.evaluation.periodic import PeriodicEval
-from rlhf_bench.rewards.reward import value_init_member
+from rlhf_bench.rewards.reward import load_run_reward, value_init_member
+from rlhf_bench.run import RunContext
 
 
 @dataclass
@@ -127,6 +127,24 @@ def load_value_model(ctx: RunContext, init: str, reward) -> torch.nn.Module:
     return value.to(ctx.device)
 
 
+@dataclass(frozen=True)
+class PPORollout:
+    """One rollout batch and what PPO computed on it before the update (B rows)."""
+
+    samples: Samples
+    logprobs: torch.Tensor  # [B, R] log pi_old(y_t|.) at sampling
+    values: torch.Tensor  # [B, R] V_old(s_t)
+    advantages: torch.Tensor  # [B, R] GAE (whitened if whiten_advantages)
+    returns: torch.Tensor  # [B, R] advantages + values, the value targets
+    scores: torch.Tensor  # [B] the reward's score (non_eos_penalty applied)
+    kl: torch.Tensor  # [B] sum_t of the KL estimator
+    gold: torch.Tensor  # [B] the task's gold reward
+    has_eos: torch.Tensor  # [B] 1.0 where the response ended with EOS
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
 @torch.no_grad()
 def rollout(
     ctx,
@@ -138,16 +156,16 @@ def rollout(
     prompts: list[str],
     kl_coef: float,
     generator,
-) -> Rollout:
+) -> PPORollout:
     """Sample, score and compute advantages for one batch of prompts."""
     prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(prompts))
     response_ids, mask = ctx.sample(policy, prompt_ids, prompt_mask, cfg.temperature, generator)
-    batch = (prompt_ids, prompt_mask, response_ids, mask)
+    samples = Samples(prompt_ids, prompt_mask, response_ids, mask)
     with ctx.autocast():
-        logprobs, _ = ctx.logprobs(policy, *batch, temperature=cfg.temperature)
-        ref_logprobs, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
-        values = response_values(value, *batch)
-    scores = ctx.score(reward, *batch)
+        logprobs, _ = ctx.logprobs(policy, *samples.inputs(), temperature=cfg.temperature)
+        ref_logprobs, _ = ctx.logprobs(ref, *samples.inputs(), temperature=cfg.temperature)
+        values = response_values(value, *samples.inputs())
+    scores = ctx.score(reward, *samples.inputs())
     has_eos = (response_ids == ctx.tokenizer.eos_token_id).any(-1)
     if cfg.non_eos_penalty is not None:
         scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.non_eos_penalty))
@@ -161,7 +179,8 @@ def rollout(
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
     gold = ctx.gold(prompts, response_ids, mask)
-    extras = dict(
+    return PPORollout(
+        samples=replace(samples, response_mask=mask),
         logprobs=logprobs,
         values=values,
         advantages=advantages,
@@ -171,23 +190,23 @@ def rollout(
         gold=gold.to(scores.device),
         has_eos=has_eos.float(),
     )
-    return Rollout(prompt_ids, prompt_mask, response_ids, mask, extras)
 
 
-def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: Rollout, generator, step: int) -> dict[str, float]:
+def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: PPORollout, generator, step: int) -> dict[str, float]:
     """``ppo_epochs`` passes of minibatch updates on one rollout batch; mean stats."""
     stats: dict[str, list[float]] = defaultdict(list)
     minibatch = len(data) // cfg.num_minibatches
     for _ in range(cfg.ppo_epochs):
         for index in batches(len(data), minibatch, generator):
-            mb = data.select(index)
-            batch = (mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+            mb = select_rows(data, index)
+            mask = mb.samples.response_mask
             with ctx.autocast():
-                logprobs, entropy = ctx.logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
-                values = response_values(value, *batch)
-            x, mask = mb.extras, mb.response_mask
-            pg_loss, pg_stats = clipped_policy_loss(logprobs, x["logprobs"], x["advantages"], mask, cfg.clip_range)
-            vf_loss, vf_stats = clipped_value_loss(values, x["values"], x["returns"], mask, cfg.clip_range_value)
+                logprobs, entropy = ctx.logprobs(
+                    policy, *mb.samples.inputs(), temperature=cfg.temperature, with_entropy=True
+                )
+                values = response_values(value, *mb.samples.inputs())
+            pg_loss, pg_stats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range)
+            vf_loss, vf_stats = clipped_value_loss(values, mb.values, mb.returns, mask, cfg.clip_range_value)
             loss = pg_loss + cfg.vf_coef * vf_loss
             check_finite(loss, "ppo/loss", step)
             grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
@@ -200,7 +219,7 @@ def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: Rollout, generat
                 "train/grad_norm": grad_norm,
             }.items():
                 stats[key].append(val)
-            ctx.cost.tokens_trained += int(mb.prompt_mask.sum() + mask.sum())
+            ctx.cost.tokens_trained += mb.samples.tokens()
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
@@ -208,7 +227,7 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
     """Run PPO from the SFT policy against the reward model; return the trained policy."""
     policy = ctx.load_policy().train()
     ref = ctx.load_reference()
-    reward = ctx.load_reward()
+    reward = load_run_reward(ctx)
     value = load_value_model(ctx, cfg.value_init, reward).train()
     optimizer = make_optimizer(
         [*policy.parameters(), *value.parameters()], cfg.lr, eps=1e-5, max_grad_norm=cfg.max_grad_norm
@@ -219,40 +238,45 @@ def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
         else FixedKLController(cfg.kl_coef)
     )
     prompt_gen, sample_gen = ctx.generators()
-    ckpt = ctx.checkpointer("ppo")
-    saved = ckpt.restore(
-        {"policy": policy, "value": value}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}
-    )
-    kl_ctl.value = saved.get("kl_coef", kl_ctl.value)
-    start = saved.get("step", 0)
     # every process evaluates (the same samples): sharded models need all of them in each forward
     probe = PeriodicEval(ctx, ref, reward) if cfg.eval_every else None
-    if probe is not None and start == 0:  # the curve starts at the SFT policy
-        ctx.tracker.log("ppo_eval", {"train/ppo_step": 0, **probe(policy)})
-    for step in trange(start, cfg.steps, desc="PPO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
+
+    def step(i: int, state: dict) -> dict[str, float]:
+        kl_ctl.value = state["kl_coef"]  # as checkpointed, on resume
+        if probe is not None and i == 0:  # the curve starts at the SFT policy
+            ctx.tracker.log("ppo_eval", {STEP_KEY: 0, **probe(policy)})
         prompts = ctx.sample_prompts(cfg.batch_size, prompt_gen)
         data = rollout(ctx, cfg, policy, ref, reward, value, prompts, kl_ctl.value, sample_gen)
-        x = data.extras
-        check_finite(x["scores"].mean(), "objective/score", step)
-        stats = update(ctx, cfg, policy, value, optimizer, data, prompt_gen, step)
-        mean_kl = float(x["kl"].mean())
-        ctx.tracker.log(
-            "ppo",
-            {
-                "train/ppo_step": step,
-                "objective/score": float(x["scores"].mean()),
-                "objective/gold_reward": float(x["gold"].mean()),
-                "objective/kl": mean_kl,
-                "objective/kl_coef": kl_ctl.value,
-                "objective/non_score_reward": -kl_ctl.value * mean_kl,
-                "objective/response_length": float(data.response_mask.sum(-1).mean()),
-                "objective/eos_fraction": float(x["has_eos"].mean()),
-                **stats,
-            },
-        )
+        check_finite(data.scores.mean(), "objective/score", i)
+        stats = update(ctx, cfg, policy, value, optimizer, data, prompt_gen, i)
+        mean_kl = float(data.kl.mean())
+        metrics = {
+            "objective/score": float(data.scores.mean()),
+            "objective/gold_reward": float(data.gold.mean()),
+            "objective/kl": mean_kl,
+            "objective/kl_coef": kl_ctl.value,
+            "objective/non_score_reward": -kl_ctl.value * mean_kl,
+            "objective/response_length": float(data.samples.response_mask.sum(-1).mean()),
+            "objective/eos_fraction": float(data.has_eos.mean()),
+            **stats,
+        }
         kl_ctl.update(distributed.mean(mean_kl), cfg.batch_size)  # every process keeps the same coefficient
-        if probe is not None and (step + 1) % cfg.eval_every == 0:
-            ctx.tracker.log("ppo_eval", {"train/ppo_step": step + 1, **probe(policy)})
-        ckpt.step_done(step + 1, force=step + 1 == cfg.steps, kl_coef=kl_ctl.value)
-    ckpt.close()
+        state["kl_coef"] = kl_ctl.value
+        if probe is not None and (i + 1) % cfg.eval_every == 0:
+            ctx.tracker.log("ppo_eval", {STEP_KEY: i + 1, **probe(policy)})
+        return metrics
+
+    trainables = Trainables(
+        {"policy": policy, "value": value}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}
+    )
+    run_loop(
+        ctx.checkpointer("ppo"),
+        ctx.tracker.log,
+        "ppo",
+        cfg.steps,
+        step,
+        trainables,
+        state={"kl_coef": kl_ctl.value},
+        desc="PPO",
+    )
     return policy

@@ -17,12 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import trange
 
-from rlhf_bench.config import require, require_choice
 from rlhf_bench.core.kl import KL_ESTIMATORS, kl_penalty
+from rlhf_bench.core.loop import Trainables, run_loop
 from rlhf_bench.core.ops import masked_mean, masked_sum
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
+from rlhf_bench.errors import require, require_choice
+from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.training.groups import sample_groups
 
 
 @dataclass
@@ -66,55 +68,41 @@ def rloo_loss(sequence_logprobs: torch.Tensor, advantages: torch.Tensor) -> torc
     return -(advantages.detach() * sequence_logprobs).mean()
 
 
-def sample_groups(ctx, policy, prompts: list[str], k: int, temperature: float, generator):
-    """k responses for each prompt, consecutive: (prompt_ids, prompt_mask, response_ids, response_mask), each B*k rows."""
-    repeated = [p for p in prompts for _ in range(k)]
-    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(repeated))
-    response_ids, response_mask = ctx.sample(policy, prompt_ids, prompt_mask, temperature, generator)
-    return repeated, (prompt_ids, prompt_mask, response_ids, response_mask)
-
-
 def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
-    ref, reward = ctx.load_reference(), ctx.load_reward()
+    ref, reward = ctx.load_reference(), load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     prompt_gen, sample_gen = ctx.generators()
-    ckpt = ctx.checkpointer("rloo")
-    start = ckpt.restore({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen}).get(
-        "step", 0
-    )
-    for step in trange(start, cfg.steps, desc="RLOO", unit="step", dynamic_ncols=True, initial=start, total=cfg.steps):
+
+    def step(i: int, _state) -> dict[str, float]:
         prompts = ctx.sample_prompts(cfg.prompts_per_step, prompt_gen)
         texts, batch = sample_groups(ctx, policy, prompts, cfg.k, cfg.temperature, sample_gen)
-        mask = batch[3].float()
+        mask = batch.response_mask.float()
         with torch.no_grad():
-            scores = ctx.score(reward, *batch)
+            scores = ctx.score(reward, *batch.inputs())
             with ctx.autocast():
-                ref_logp, _ = ctx.logprobs(ref, *batch, temperature=cfg.temperature)
+                ref_logp, _ = ctx.logprobs(ref, *batch.inputs(), temperature=cfg.temperature)
         with ctx.autocast():
-            logp, entropy = ctx.logprobs(policy, *batch, temperature=cfg.temperature, with_entropy=True)
+            logp, entropy = ctx.logprobs(policy, *batch.inputs(), temperature=cfg.temperature, with_entropy=True)
         kl = masked_sum(kl_penalty(logp.detach(), ref_logp, cfg.kl_estimator), mask, dim=-1)
         rewards = scores - cfg.kl_coef * kl
         advantages = leave_one_out_advantages(rewards, cfg.k)
         loss = rloo_loss(masked_sum(logp, mask, dim=-1), advantages)
-        check_finite(loss, "rloo/loss", step)
+        check_finite(loss, "rloo/loss", i)
         grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm)
-        ctx.cost.tokens_trained += int(batch[1].sum() + batch[3].sum())
-        gold = ctx.gold(texts, batch[2], batch[3])
-        ctx.tracker.log(
-            "rloo",
-            {
-                "train/step": step,
-                "train/loss": loss.item(),
-                "train/grad_norm": grad_norm,
-                "objective/score": float(scores.mean()),
-                "objective/gold_reward": float(gold.mean()),
-                "objective/kl": float(kl.mean()),
-                "objective/rlhf_reward": float(rewards.mean()),
-                "objective/response_length": float(mask.sum(-1).mean()),
-                "policy/entropy": float(masked_mean(entropy, mask)),
-            },
-        )
-        ckpt.step_done(step + 1, force=step + 1 == cfg.steps)
-    ckpt.close()
+        ctx.cost.tokens_trained += batch.tokens()
+        gold = ctx.gold(texts, batch.response_ids, batch.response_mask)
+        return {
+            "train/loss": loss.item(),
+            "train/grad_norm": grad_norm,
+            "objective/score": float(scores.mean()),
+            "objective/gold_reward": float(gold.mean()),
+            "objective/kl": float(kl.mean()),
+            "objective/rlhf_reward": float(rewards.mean()),
+            "objective/response_length": float(mask.sum(-1).mean()),
+            "policy/entropy": float(masked_mean(entropy, mask)),
+        }
+
+    trainables = Trainables({"policy": policy}, optimizer, generators={"prompt": prompt_gen, "sample": sample_gen})
+    run_loop(ctx.checkpointer("rloo"), ctx.tracker.log, "rloo", cfg.steps, step, trainables, desc="RLOO")
     return policy

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rlhf_bench.config import SFTConfig
 from rlhf_bench.core import distributed, models
-from rlhf_bench.core.context import RunContext
+from rlhf_bench.core.loop import Trainables, run_loop
 from rlhf_bench.core.ops import position_ids_from_mask
 from rlhf_bench.core.rollout import pad
 from rlhf_bench.core.train import (
@@ -25,6 +24,7 @@ from rlhf_bench.core.train import (
     optimizer_step,
     warmup_linear_schedule,
 )
+from rlhf_bench.run import RunContext
 from rlhf_bench.tasks.data import DataError
 
 
@@ -86,40 +86,34 @@ def train_sft(
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, cfg.steps, final_fraction=0.1)
     generator = torch.Generator().manual_seed(cfg.seed)
-    ckpt = ctx.checkpointer(label, checkpoints)
-    saved = ckpt.restore({"model": model}, optimizer, scheduler, {"data": generator})
-    start, tokens, loss_value = saved.get("step", 0), saved.get("tokens", 0), saved.get("loss", float("nan"))
-    for step in tqdm(
-        range(start, cfg.steps),
-        desc="SFT" if label == "sft" else label,
-        unit="step",
-        dynamic_ncols=True,
-        initial=start,
-        total=cfg.steps,
-    ):
+
+    def step(i: int, state: dict) -> dict[str, float]:
         index = distributed.shard(torch.randint(len(data), (cfg.batch_size,), generator=generator))
-        batch = [data[i] for i in index]
+        batch = [data[j] for j in index]
         ids, mask = pad([seq for seq, _ in batch], tokenizer.pad_token_id, "left", ctx.device)
         labels, _ = pad([[-100] * n + seq[n:] for seq, n in batch], -100, "left", ctx.device)
         with ctx.autocast():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
         loss = next_token_loss(logits, labels, mask)
-        check_finite(loss, "sft/loss", step)
+        check_finite(loss, "sft/loss", i)
         grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
-        tokens += int(mask.sum())
-        loss_value = loss.item()
-        if step % 10 == 0 or step == cfg.steps - 1:
-            ctx.tracker.log(
-                label,
-                {
-                    "train/sft_step": step,
-                    "train/sft_loss": loss_value,
-                    "train/sft_grad_norm": grad_norm,
-                    "train/sft_lr": scheduler.get_last_lr()[0],
-                },
-            )
-        ckpt.step_done(step + 1, tokens=tokens, loss=loss_value)
-    ckpt.close()
+        state["tokens"] += int(mask.sum())
+        state["loss"] = loss.item()
+        return {"train/loss": state["loss"], "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0]}
+
+    state = run_loop(
+        ctx.checkpointer(label, checkpoints),
+        ctx.tracker.log,
+        label,
+        cfg.steps,
+        step,
+        Trainables({"model": model}, optimizer, scheduler, {"data": generator}),
+        state={"tokens": 0, "loss": float("nan")},
+        desc="SFT" if label == "sft" else label,
+        log_every=10,
+        save_last=False,  # the stage saves the model itself
+    )
+    tokens, loss_value = state["tokens"], state["loss"]
     ctx.cost.tokens_trained += tokens
     models.save_pretrained(model, tokenizer, out_dir)  # a sharded model: gathered, written by the main process
     return {"final_loss": loss_value, "steps": cfg.steps, "tokens_trained": tokens}

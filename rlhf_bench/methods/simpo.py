@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhf_bench.config import require
-from rlhf_bench.core.offline import OfflineConfig, PairLogps, train_on_pairs
+from rlhf_bench.errors import require
+from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, train_on_pairs
 
 
 @dataclass
@@ -56,4 +56,4 @@ def train(ctx, cfg: SimPOConfig) -> torch.nn.Module:
         }
         return losses.mean(), stats
 
-    return train_on_pairs(ctx, cfg, loss_fn, "simpo", reference=False)
+    return train_on_pairs(ctx, cfg, PairObjective("simpo", loss_fn, reference=False))

@@ -45,7 +45,7 @@ def reproduce(session: Session) -> Outcome:
         tail.append(statistics.mean(last_fraction(history, "objective/kl", tol["last_fraction"])))
         final.append(record["metrics"]["policy"]["exact_kl"])
         sampled.append((record["metrics"]["policy"]["kl"], record["metrics"]["policy"]["kl_se"]))
-        traces.append([[row["train/ppo_step"], row["objective/kl"], row["objective/kl_coef"]] for row in history])
+        traces.append([[row["train/step"], row["objective/kl"], row["objective/kl_coef"]] for row in history])
     rtol = float(tol["rtol"])
     mean_tail, mean_final = statistics.mean(tail), statistics.mean(final)
     seeds_within = sum(within(k, target, rtol=rtol) for k in tail)

@@ -48,8 +48,9 @@ from typing import Any
 import torch
 
 from rlhf_bench.evaluation import exact
-from rlhf_bench.methods.best_of_n import select_best
 from rlhf_bench.repro.session import Check, Outcome, Session
+from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.training.groups import select_best
 
 
 # --- the closed forms and the density ratio --------------------------------------------------
@@ -283,7 +284,7 @@ def toy_worlds(ctx, model, reward, temperatures: list[float], batch_size: int = 
 def run_context(record: dict[str, Any]):
     """The RunContext of a finished run, its cached SFT and reward-model stages resolved again."""
     from rlhf_bench import pipeline
-    from rlhf_bench.cli import load_config
+    from rlhf_bench.compose import load_config
     from rlhf_bench.core.device import resolve_device, resolve_dtype
     from rlhf_bench.tracking.wandb_run import Tracker
 
@@ -377,7 +378,7 @@ def reproduce(session: Session) -> Outcome:
     mc = monte_carlo(
         ctx,
         ctx.load_reference(),
-        ctx.load_reward(),
+        load_run_reward(ctx),
         ns,
         size["pools"],
         size["pool_size"],
@@ -388,7 +389,7 @@ def reproduce(session: Session) -> Outcome:
     toy_record = session.run(*size.get("toy_overrides", []), experiment="repro_bon_kl_toy")
     toy_ctx = run_context(toy_record)
     temperatures = sorted({t for _, t in series + extra})
-    worlds = toy_worlds(toy_ctx, toy_ctx.load_reference(), toy_ctx.load_reward(), temperatures)
+    worlds = toy_worlds(toy_ctx, toy_ctx.load_reference(), load_run_reward(toy_ctx), temperatures)
     rows = exact_rows(worlds, series, ns)
     extra_rows = exact_rows(worlds, extra, ns) if extra else []
 

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def reproduce(claim, args) -> int:
     from hydra.utils import get_method
 
-    from rlhf_bench.cli import load_config
+    from rlhf_bench.compose import load_config
     from rlhf_bench.repro.session import Session, write_verdict
 
     module, function = claim.runner.split(":")
@@ -133,7 +133,7 @@ def reproduce(claim, args) -> int:
         for experiment in claim.experiments or [None]:
             load_config([*([f"experiment={experiment}"] if experiment else []), *session.overrides])
     except Exception as exc:  # Hydra's and our config errors: one line naming the key
-        from rlhf_bench.cli import explain_config_error
+        from rlhf_bench.config_errors import explain_config_error
 
         console.print(escape(explain_config_error(exc, session.overrides)), style="red", highlight=False)
         return 2

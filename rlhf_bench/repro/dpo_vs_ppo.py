@@ -188,11 +188,11 @@ def exact_frontier(record: dict):
     (as ``exact.run_metrics`` builds it; every run of the sweep shares it)."""
     from hydra.utils import get_class
 
-    from rlhf_bench.cli import load_config
+    from rlhf_bench.compose import load_config
     from rlhf_bench.core import models
-    from rlhf_bench.core.context import RunContext
     from rlhf_bench.core.device import resolve_device
     from rlhf_bench.evaluation import exact
+    from rlhf_bench.run import RunContext
 
     cfg = load_config(record["overrides"])
     task = get_class(cfg.task._target_)(cfg.task)

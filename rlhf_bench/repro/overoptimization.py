@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from rlhf_bench.repro.session import Check, Outcome, Session
+from rlhf_bench.rewards.reward import load_run_reward
 
 
 # --- the estimator and the fits ------------------------------------------------------------
@@ -168,7 +169,7 @@ def stage_context(record: dict[str, Any]):
     """A RunContext on the stages a finished run used (its SFT policy and reward model), rebuilt
     from the run's own overrides; the cached base stage gives the tokenizer."""
     from rlhf_bench import pipeline
-    from rlhf_bench.cli import load_config
+    from rlhf_bench.compose import load_config
     from rlhf_bench.core.device import resolve_device
 
     cfg = load_config(record["overrides"])
@@ -214,7 +215,7 @@ def sample_pool(ctx, size: int, seed: int, max_prompts: int, batch_size: int = 1
 @torch.no_grad()
 def score_pool(ctx, pool: Pool) -> np.ndarray:
     """[P, N] proxy scores of the pool under the context's reward model (normalised as in training)."""
-    reward = ctx.load_reward()
+    reward = load_run_reward(ctx)
     return np.stack(
         [torch.cat([ctx.score(reward, *chunk).double().cpu() for chunk in chunks]).numpy() for chunks in pool.batches]
     )
@@ -252,7 +253,7 @@ def exact_bon_curve(ctx, ns: list[int], batch_size: int = 4096) -> dict[str, lis
     every eval prompt scored by the proxy): the exact KL, gold and proxy for each n."""
     from rlhf_bench.evaluation import exact
 
-    ref, reward = ctx.load_reference(), ctx.load_reward()
+    ref, reward = ctx.load_reference(), load_run_reward(ctx)
     token_ids, length = ctx.response_token_ids(), ctx.task.max_response_tokens
     symbols = exact.all_responses(len(token_ids), length)
     responses = torch.as_tensor(token_ids)[symbols]
@@ -288,7 +289,7 @@ def rl_curve(record: dict[str, Any]) -> dict[str, list]:
     kl_key, gold_key = ("eval/exact_kl", "eval/exact_gold_reward") if exact_world else ("eval/kl", "eval/gold_reward")
     kl = [max(0.0, r[kl_key]) for r in rows]
     return {
-        "step": [int(r["train/ppo_step"]) for r in rows],
+        "step": [int(r["train/step"]) for r in rows],
         "kl": kl,
         "d": [math.sqrt(k) for k in kl],
         "gold": [r[gold_key] for r in rows],

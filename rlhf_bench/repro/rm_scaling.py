@@ -120,7 +120,7 @@ def parameters(folder: str | Path) -> int:
 
 def grid_point(session: Session, n_train: int, size: dict[str, int] | None) -> dict[str, Any]:
     """One reward model of the grid: its run, held-out accuracy, and the ceiling on its held-out pairs."""
-    from rlhf_bench.cli import load_config
+    from rlhf_bench.compose import load_config
     from rlhf_bench.tasks.data import read_jsonl
 
     record = session.run(f"preferences.n_train={n_train}", *backbone_overrides(size))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_bench.repro.registry import Claim
+from rlhf_bench.tracking.record import RECORD_VERSION
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Session:
     def run(self, *overrides: str, experiment: str | None = None) -> dict[str, Any]:
         """A pipeline run of ``experiment`` (default: the claim's first) with ``overrides``; its record."""
         from rlhf_bench import pipeline
-        from rlhf_bench.cli import load_config
+        from rlhf_bench.compose import load_config
 
         experiment = experiment or (self.claim.experiments[0] if self.claim.experiments else None)
         args = [
@@ -78,13 +79,18 @@ class Session:
         return record
 
     def _finished(self, resume_key: str) -> dict[str, Any] | None:
-        """The newest finished record of the config whose hash is ``resume_key``, if any."""
+        """The newest finished record of the config whose hash is ``resume_key``, if any, written in this
+        record version (the runners read its history by the current keys)."""
         for path in sorted((Path(self.results_dir) / "runs").glob("*/record.json"), reverse=True):
             try:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if record.get("resume_key") == resume_key and record.get("status") == "finished":
+            if (
+                record.get("resume_key") == resume_key
+                and record.get("status") == "finished"
+                and record.get("record_version") == RECORD_VERSION
+            ):
                 return record
         return None
 

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from rlhf_bench.config import require
 from rlhf_bench.core import distributed, models
-from rlhf_bench.core.context import RunContext
+from rlhf_bench.core.loop import STEP_KEY, Trainables, run_loop
 from rlhf_bench.core.rollout import sequence_scores
 from rlhf_bench.core.train import (
     batches,
@@ -33,8 +31,10 @@ from rlhf_bench.core.train import (
     optimizer_step,
     warmup_linear_schedule,
 )
+from rlhf_bench.errors import require
 from rlhf_bench.rewards.preferences import EncodedPairs, load_pairs, pair_batch
 from rlhf_bench.rewards.reward import ModelReward, Normalization, write_spec
+from rlhf_bench.run import RunContext
 
 
 @dataclass
@@ -106,7 +106,7 @@ def pair_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the chosen and rejected responses of the pairs ``index``, in one forward pass: ([n], [n])."""
     with ctx.autocast():
-        scores = sequence_scores(model, *pair_batch(ctx, pairs, index)).float()
+        scores = sequence_scores(model, *pair_batch(ctx, pairs, index).inputs()).float()
     return scores[: len(index)], scores[len(index) :]
 
 
@@ -115,7 +115,7 @@ def pair_accuracy(ctx: RunContext, reward, pairs: EncodedPairs, batch_size: int)
     """Held-out accuracy of any reward against the annotator's labels and against the gold ordering."""
     margins = []
     for idx in batches(len(pairs), batch_size, shuffle=False):
-        scores = reward(ctx, *pair_batch(ctx, pairs, idx)).float().cpu()
+        scores = reward(ctx, *pair_batch(ctx, pairs, idx).inputs()).float().cpu()
         margins.append(scores[: len(idx)] - scores[len(idx) :])
     margin = torch.cat(margins)
     correct = (margin > 0).float() + 0.5 * (margin == 0).float()
@@ -167,42 +167,47 @@ def fit_reward_model(
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
     margins = margins if margins is not None else torch.zeros(len(train_pairs))
-    ckpt = ctx.checkpointer(label, checkpoints)
-    saved = ckpt.restore({"model": model}, optimizer, scheduler)
-    start, tokens, held_out = saved.get("step", 0), saved.get("tokens", 0), saved.get("held_out")
-    model.train()
-    for step in tqdm(range(start, len(schedule)), desc=label, unit="step", dynamic_ncols=True, initial=start):
-        epoch, idx = schedule[step][0], distributed.shard(schedule[step][1])
+
+    def step(i: int, state: dict) -> dict[str, float] | None:
+        epoch, idx = schedule[i][0], distributed.shard(schedule[i][1])
         chosen, rejected = pair_rewards(ctx, model, train_pairs, idx)
         loss = loss_fn(chosen, rejected, margins[idx].to(chosen.device))
-        check_finite(loss, "reward_model/loss", step)
+        check_finite(loss, "reward_model/loss", i)
         optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
-        tokens += sum(
-            2 * len(train_pairs.prompts[i]) + len(train_pairs.chosen[i]) + len(train_pairs.rejected[i])
-            for i in idx.tolist()
+        state["tokens"] += sum(
+            2 * len(train_pairs.prompts[j]) + len(train_pairs.chosen[j]) + len(train_pairs.rejected[j])
+            for j in idx.tolist()
         )
-        if step % 10 == 0:
-            accuracy = float((chosen > rejected).float().mean())
-            ctx.tracker.log(
-                "reward_model",
-                {"train/rm_step": step, "train/rm_loss": loss.item(), "train/rm_accuracy": accuracy},
-            )
-        if step + 1 == len(schedule) or schedule[step + 1][0] != epoch:  # the end of an epoch
+        if i + 1 == len(schedule) or schedule[i + 1][0] != epoch:  # the end of an epoch
             model.eval()
-            held_out = pair_accuracy(ctx, ModelReward(model, Normalization()), eval_pairs, 4 * cfg.batch_size)
+            state["held_out"] = pair_accuracy(ctx, ModelReward(model, Normalization()), eval_pairs, 4 * cfg.batch_size)
             model.train()
             ctx.tracker.log(
-                "reward_model",
+                "reward_model_eval",
                 {
-                    "train/rm_step": step + 1,
-                    "train/rm_epoch": epoch + 1,
-                    "eval/rm_accuracy": held_out["accuracy"],
-                    "eval/rm_gold_accuracy": held_out["gold_accuracy"],
+                    STEP_KEY: i + 1,
+                    "train/epoch": epoch + 1,
+                    "eval/accuracy": state["held_out"]["accuracy"],
+                    "eval/gold_accuracy": state["held_out"]["gold_accuracy"],
                 },
             )
-        # the last step is always kept: an ensemble resumed after this member does not refit it
-        ckpt.step_done(step + 1, force=step + 1 == len(schedule), tokens=tokens, held_out=held_out)
-    ckpt.close()
+        if i % 10:
+            return None
+        return {"train/loss": loss.item(), "train/accuracy": float((chosen > rejected).float().mean())}
+
+    model.train()
+    # the last step is always checkpointed: an ensemble resumed after this member does not refit it
+    state = run_loop(
+        ctx.checkpointer(label, checkpoints),
+        ctx.tracker.log,
+        "reward_model",
+        len(schedule),
+        step,
+        Trainables({"model": model}, optimizer, scheduler),
+        state={"tokens": 0, "held_out": None},
+        desc=label,
+    )
+    tokens, held_out = state["tokens"], state["held_out"]
     model.eval()
     ctx.cost.tokens_trained += tokens
     raw = ModelReward(model, Normalization())

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_bench.config import require, require_choice
 from rlhf_bench.core import distributed
-from rlhf_bench.core.context import RunContext
+from rlhf_bench.errors import require, require_choice
 from rlhf_bench.rewards.bradley_terry import (
     BradleyTerryConfig,
     bradley_terry_loss,
@@ -23,6 +22,7 @@ from rlhf_bench.rewards.bradley_terry import (
     pair_accuracy,
 )
 from rlhf_bench.rewards.reward import AGGREGATIONS, load_reward, write_spec
+from rlhf_bench.run import RunContext
 
 
 @dataclass

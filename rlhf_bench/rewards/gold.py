@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_bench.core.context import RunContext
 from rlhf_bench.rewards.bradley_terry import load_pairs, pair_accuracy
 from rlhf_bench.rewards.reward import load_reward, write_spec
+from rlhf_bench.run import RunContext
 
 
 @dataclass

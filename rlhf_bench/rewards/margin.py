@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlhf_bench.config import require
-from rlhf_bench.core.context import RunContext
+from rlhf_bench.errors import require
 from rlhf_bench.rewards.bradley_terry import (
     BradleyTerryConfig,
     check_strength,
@@ -24,6 +23,7 @@ from rlhf_bench.rewards.bradley_terry import (
     model_spec,
 )
 from rlhf_bench.rewards.reward import write_spec
+from rlhf_bench.run import RunContext
 
 
 @dataclass

@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_bench.config import PreferenceConfig
-from rlhf_bench.core.context import RunContext
-from rlhf_bench.core.rollout import pad
+from rlhf_bench.core.rollout import Samples, pad
+from rlhf_bench.run import RunContext
 from rlhf_bench.tasks.data import read_jsonl
 
 # |gold(a) - gold(b)| above each threshold raises the stated preference strength by one:
@@ -222,14 +222,14 @@ def encode_pairs(ctx: RunContext, rows: list[dict]) -> EncodedPairs:
     )
 
 
-def pair_batch(ctx: RunContext, pairs: EncodedPairs, index: torch.Tensor):
-    """(prompt_ids, prompt_mask, response_ids, response_mask) of 2n rows: the n chosen, then the n rejected."""
+def pair_batch(ctx: RunContext, pairs: EncodedPairs, index: torch.Tensor) -> Samples:
+    """The pairs ``index`` as 2n rows: the n chosen, then the n rejected."""
     rows = index.tolist()
     prompts = [pairs.prompts[i] for i in rows]
     responses = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
     prompt_ids, prompt_mask = pad(prompts + prompts, ctx.tokenizer.pad_token_id, "left", ctx.device)
     response_ids, response_mask = pad(responses, ctx.tokenizer.pad_token_id, "right", ctx.device)
-    return prompt_ids, prompt_mask, response_ids, response_mask
+    return Samples(prompt_ids, prompt_mask, response_ids, response_mask)
 
 
 def load_pairs(ctx: RunContext, pairs_dir: Path | str) -> tuple[EncodedPairs, EncodedPairs]:

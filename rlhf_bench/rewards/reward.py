@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rlhf_bench.core.rollout import sequence_scores
+from rlhf_bench.tasks.judges import TextClassifier, call_reward, load_classifier
 
 REWARD_SPEC = "reward.json"
 
@@ -80,6 +81,41 @@ class GoldReward:
         return ctx.gold(prompts, response_ids, response_mask).to(response_ids.device)
 
 
+class FunctionReward:
+    """The training reward computed by a user function on the decoded prompt and response."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        prompts = ctx.prompt_texts(prompt_ids, prompt_mask)
+        responses = ctx.decode(response_ids, response_mask)
+        scores = call_reward(self.target, "reward_model.target", prompts, responses)
+        return torch.tensor(scores, dtype=torch.float32, device=response_ids.device)
+
+
+class PretrainedReward(TextClassifier):
+    """A pretrained sequence classifier as the reward: decode the policy's tokens, re-tokenise, read
+    one logit, normalised like a reward model's score."""
+
+    def __init__(self, model, tokenizer, label_index: int, input_format: str, batch_size: int, norm: Normalization):
+        super().__init__(model, tokenizer, label_index, input_format, batch_size)
+        self.norm = norm
+
+    @torch.no_grad()
+    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        prompts, responses = ctx.prompt_texts(prompt_ids, prompt_mask), ctx.decode(response_ids, response_mask)
+        return self.norm(self.raw_scores(prompts, responses, ctx.device, ctx.autocast))
+
+
+def load_pretrained_reward(ctx, spec: dict[str, Any]) -> PretrainedReward:
+    """The reward a ``pretrained`` spec describes, on the run's device."""
+    model, tokenizer = load_classifier(spec, ctx.device)
+    model = ctx.frozen(model)
+    norm = Normalization(spec["norm_mean"], spec["norm_std"])
+    return PretrainedReward(model, tokenizer, spec["label_index"], spec["input_format"], spec["batch_size"], norm)
+
+
 def write_spec(folder: Path, spec: dict[str, Any]) -> None:
     (folder / REWARD_SPEC).write_text(json.dumps(spec, indent=2))
 
@@ -92,12 +128,8 @@ def load_reward(ctx, folder: str | Path):
     if kind == "gold":
         return GoldReward()
     if kind == "pretrained":  # an external classifier with its own tokenizer
-        from rlhf_bench.rewards.pretrained import load_pretrained_reward
-
         return load_pretrained_reward(ctx, spec)
     if kind == "function":
-        from rlhf_bench.rewards.function import FunctionReward
-
         return FunctionReward(spec["target"])
     members = [
         _load_member(ctx, folder / m["path"], Normalization(m["norm_mean"], m["norm_std"])) for m in spec["members"]
@@ -107,6 +139,11 @@ def load_reward(ctx, folder: str | Path):
     if kind == "ensemble":
         return EnsembleReward(members, spec["aggregation"], spec.get("lam", 0.0))
     raise ValueError(f"{folder / REWARD_SPEC}: unknown reward kind {kind!r}")
+
+
+def load_run_reward(ctx):
+    """The reward the run's method optimises: its reward-model stage's folder, loaded."""
+    return load_reward(ctx, ctx.reward_model_path)
 
 
 def _load_member(ctx, folder: Path, norm: Normalization) -> ModelReward:

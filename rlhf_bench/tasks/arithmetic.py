@@ -13,7 +13,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from rlhf_bench.config import require
+from rlhf_bench.errors import require
 
 _ANSWER = re.compile(r"^\s*(-?\d+)\s*$")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rlhf_bench.config import require
+from rlhf_bench.errors import require
 
 OPENINGS = [
     "the movie was",

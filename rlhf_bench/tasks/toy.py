@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.config import require
+from rlhf_bench.errors import require
 
 MAX_SEQUENCES = 2**16  # responses per prompt that the exact evaluation enumerates
 SEPARATOR = ":"

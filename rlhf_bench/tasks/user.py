@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
 
-from rlhf_bench.config import require, require_choice
-from rlhf_bench.rewards.function import call_reward, check_target, load_callable
+from rlhf_bench.errors import require, require_choice
 from rlhf_bench.tasks.data import DataError, load_hf_split, load_jsonl
+from rlhf_bench.tasks.judges import ClassifierJudge, call_reward, check_target, load_callable
 
 
 @dataclass
@@ -204,6 +204,4 @@ class UserTask:
 
 @lru_cache(maxsize=2)
 def _judge(name_or_path: str, label_index: int, output: str = "logit"):
-    from rlhf_bench.rewards.pretrained import ClassifierJudge
-
     return ClassifierJudge(name_or_path, label_index, output=output)

@@ -7,16 +7,17 @@ read only these files.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RECORD_VERSION = 1
+from rlhf_bench.core.files import write_json_atomic  # noqa: F401 (the record's writer; callers import it here)
+
+# 2: every training loop logs its step as train/step (was train/ppo_step, train/sft_step ...), the
+# reward model's held-out rows are history.reward_model_eval
+RECORD_VERSION = 2
 PACKAGES = (
     "rlhf-bench",
     "torch",
@@ -28,23 +29,6 @@ PACKAGES = (
     "vaderSentiment",
     "lm_eval",
 )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any] | None:

@@ -74,12 +74,14 @@ class Tracker:
                 os.environ[var] = str(run_dir / "wandb" / f".{sub}")
 
     def log(self, stage: str, metrics: dict[str, float]) -> None:
-        """Log one step of ``stage`` (``sft``, ``reward_model``, ``ppo`` ...)."""
+        """Log one step of ``stage`` (``sft``, ``reward_model``, ``ppo`` ...): the record's history
+        keeps it under the stage; W&B gets each key under the stage's namespace
+        (``sft/train/loss``), so that two stages' ``train/loss`` are two charts."""
         row = {k: float(v) for k, v in metrics.items()}
         self.history.setdefault(stage, []).append(row)
         self._step += 1
         if self._run is not None:
-            self._guard(lambda: self._run.log(row, step=self._step))
+            self._guard(lambda: self._run.log({f"{stage}/{k}": v for k, v in row.items()}, step=self._step))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self._run is not None:

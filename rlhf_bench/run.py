@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from rlhf_bench.config import Config, ConfigError
+from rlhf_bench.config import Config
 from rlhf_bench.core import distributed, models
 from rlhf_bench.core.checkpoint import Checkpointer
 from rlhf_bench.core.device import autocast
 from rlhf_bench.core.rollout import generate, pad, response_logprobs
 from rlhf_bench.core.train import Cost
+from rlhf_bench.errors import ConfigError
 from rlhf_bench.tracking.wandb_run import Tracker
 
 
@@ -191,12 +192,6 @@ class RunContext:
         )
         model = (self.frozen(model) if frozen else model).to(self.device)  # cast, then moved
         return self._sharded(model, functools.partial(self.load_scalar_model, path, per_token, frozen))
-
-    def load_reward(self):
-        """The reward the method optimises (a reward model, an ensemble, or the gold reward)."""
-        from rlhf_bench.rewards.reward import load_reward
-
-        return load_reward(self, self.reward_model_path)
 
     def checkpointer(self, stage: str, folder: Path | None = None) -> Checkpointer:
         """Checkpoints of the loop ``stage`` in ``folder`` (default: the run's checkpoint folder)."""

@@ -1,0 +1,199 @@
+"""The loop shared by offline preference methods (DPO, IPO, SimPO, KTO).
+
+Each method supplies a ``PairObjective``: its loss as a function of the sequence
+log-probabilities of the chosen and rejected responses under the policy (and the frozen SFT
+reference), and, as data, whether it reads the reference and which rows it scores. The loop
+does the batching, the forward passes, the optimiser and the logging (``core.loop``). It trains on the same pairs
+the reward model was trained on (``ctx.preferences_path``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_bench.core import distributed
+from rlhf_bench.core.loop import Trainables, run_loop
+from rlhf_bench.core.ops import masked_sum
+from rlhf_bench.core.rollout import Samples
+from rlhf_bench.core.train import (
+    check_finite,
+    epoch_batches,
+    make_optimizer,
+    optimizer_step,
+    warmup_linear_schedule,
+)
+from rlhf_bench.errors import require
+from rlhf_bench.rewards.preferences import load_pairs, pair_batch
+
+
+@dataclass
+class OfflineConfig:
+    """Optimisation settings every offline preference method has."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    average_logprobs: bool = False  # sequence log-prob summed over tokens (paper) or length-averaged
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "method.epochs", "must be >= 1", self.epochs)
+        require(self.batch_size >= 1, "method.batch_size", "must be >= 1", self.batch_size)
+        require(self.lr > 0, "method.lr", "must be > 0", self.lr)
+
+    def conventions(self) -> dict:
+        return {
+            "sequence_logprobs": "mean" if self.average_logprobs else "sum",
+            "kl_in": "implicit (reference in the loss)",
+        }
+
+
+@dataclass
+class PairLogps:
+    """Sequence log-probabilities for n pairs, each [n]; ``ref_*`` under the frozen reference."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    # KTO's reference point: responses of other prompts ("mismatched" pairs (x_i, y_{i+1})).
+    mismatched: torch.Tensor | None = None
+    ref_mismatched: torch.Tensor | None = None
+
+
+def sequence_logps(ctx, model, batch: Samples, average: bool) -> torch.Tensor:
+    """[B] log pi(y|x) summed over response tokens, or averaged over them when ``average``
+    (under the distribution the run samples from: ``RunContext.logprobs``)."""
+    logp, _ = ctx.logprobs(model, *batch.inputs())
+    mask = batch.response_mask.float()
+    total = masked_sum(logp, mask, dim=-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+def implicit_reward_stats(logps: PairLogps, beta: float) -> dict[str, float]:
+    """The implicit rewards beta * log(pi / pi_ref) of chosen and rejected, and how often chosen wins."""
+    with torch.no_grad():
+        chosen = beta * (logps.chosen - logps.ref_chosen)
+        rejected = beta * (logps.rejected - logps.ref_rejected)
+        return {
+            "objective/chosen_reward": float(chosen.mean()),
+            "objective/rejected_reward": float(rejected.mean()),
+            "objective/reward_margin": float((chosen - rejected).mean()),
+            "objective/reward_accuracy": float((chosen > rejected).float().mean()),
+        }
+
+
+LossFn = Callable[[PairLogps], tuple[torch.Tensor, dict[str, float]]]
+
+
+def chosen_and_rejected(pairs: Samples) -> Samples:
+    """The rows a pair loss reads: the n chosen responses, then the n rejected (``pair_batch``'s 2n rows)."""
+    return pairs
+
+
+def with_mismatched(pairs: Samples) -> Samples:
+    """The pair rows followed by n mismatched ones, (x_i, y_chosen of pair i+1): KTO's reference point."""
+    n = len(pairs) // 2
+    shift = torch.roll(torch.arange(n, device=pairs.prompt_ids.device), -1)
+    return Samples(
+        torch.cat([pairs.prompt_ids, pairs.prompt_ids[:n]]),
+        torch.cat([pairs.prompt_mask, pairs.prompt_mask[:n]]),
+        torch.cat([pairs.response_ids, pairs.response_ids[shift]]),
+        torch.cat([pairs.response_mask, pairs.response_mask[shift]]),
+    )
+
+
+@dataclass(frozen=True)
+class PairObjective:
+    """What an offline pair method gives the pair loop: its loss and what the loss reads.
+
+    ``reference``: whether the loss reads the frozen reference's log-probs (SimPO does not, and no
+    reference is loaded). ``rows``: the rows to score, from a batch of pairs; rows beyond the 2n
+    of the pairs (KTO's mismatched pairs) come back in ``PairLogps.mismatched`` and depend on the
+    batch, so the reference scores them every step instead of once up front.
+    """
+
+    name: str
+    loss: LossFn
+    reference: bool = True
+    rows: Callable[[Samples], Samples] = chosen_and_rejected
+
+
+def _logps(ctx, model, pairs, idx, average: bool, rows=chosen_and_rejected):
+    """(chosen [n], rejected [n], extra rows [m] or None, tokens read) of the pairs ``idx``."""
+    batch = rows(pair_batch(ctx, pairs, idx))
+    n = len(idx)
+    with ctx.autocast():
+        out = sequence_logps(ctx, model, batch, average)
+    extra = out[2 * n :] if len(batch) > 2 * n else None
+    return out[:n], out[n : 2 * n], extra, batch.tokens()
+
+
+@torch.no_grad()
+def reference_logps(ctx, ref, pairs, batch_size: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen reference's sequence log-probs of every pair's chosen and rejected response,
+    each [n]: computed once before training instead of once per epoch (the reference never
+    changes and has no dropout, so the values are the same)."""
+    chosen, rejected = [], []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", leave=False):
+        idx = torch.arange(start, min(start + batch_size, len(pairs)))
+        c, r, _, _ = _logps(ctx, ref, pairs, idx, average)
+        chosen.append(c.float())
+        rejected.append(r.float())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def train_on_pairs(ctx, cfg: OfflineConfig, objective: PairObjective):
+    """Fine-tune the SFT policy on the preference pairs with ``objective``; return the policy.
+
+    The reference's log-probs of the pairs are computed once up front, unless the objective's
+    rows depend on the batch (KTO): there the reference runs on every batch.
+    """
+    pairs, _ = load_pairs(ctx, ctx.preferences_path)
+    policy = ctx.load_policy().train()
+    ref = ctx.load_reference() if objective.reference else None
+    per_batch = objective.rows is not chosen_and_rejected
+    ref_pairs = None
+    if ref is not None and not per_batch:
+        ref_pairs = reference_logps(ctx, ref, pairs, cfg.batch_size, cfg.average_logprobs)
+    schedule = epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(ctx.cfg.seed))
+    optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
+    scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
+
+    def step(i: int, _state) -> dict[str, float]:
+        idx = distributed.shard(schedule[i][1])
+        chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, objective.rows)
+        logps = PairLogps(chosen, rejected, mismatched=other)
+        if ref_pairs is not None:
+            logps.ref_chosen, logps.ref_rejected = ref_pairs[0][idx], ref_pairs[1][idx]
+        elif ref is not None:
+            with torch.no_grad():
+                logps.ref_chosen, logps.ref_rejected, logps.ref_mismatched, _ = _logps(
+                    ctx, ref, pairs, idx, cfg.average_logprobs, objective.rows
+                )
+        loss, stats = objective.loss(logps)
+        check_finite(loss, f"{objective.name}/loss", i)
+        grad_norm = optimizer_step(loss, optimizer, cfg.max_grad_norm, scheduler)
+        ctx.cost.tokens_trained += tokens
+        return {
+            "train/loss": loss.item(),
+            "train/grad_norm": grad_norm,
+            "train/lr": scheduler.get_last_lr()[0],
+            **stats,
+        }
+
+    run_loop(
+        ctx.checkpointer(objective.name),
+        ctx.tracker.log,
+        objective.name,
+        len(schedule),
+        step,
+        Trainables({"policy": policy}, optimizer, scheduler),
+        log_every=10,
+    )
+    return policy
