@@ -624,6 +624,7 @@ def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[s
     """Train the method from the SFT policy, save it, and evaluate it against the SFT reference
     (the task's metrics, then the lm-eval suite)."""
     import torch
+    from tqdm.auto import tqdm
 
     from rlhf_bench.evaluation import lm_eval_suite
     from rlhf_bench.evaluation.gold import evaluate
@@ -643,8 +644,10 @@ def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[s
         with ctx.cost.timed("lm_eval"):
             suite = lm_eval_suite.write_suite(ctx, run_dir / "lm_eval", cfg.eval.lm_eval.max_gen_toks)
             models = {"sft": ref, "policy": policy} if isinstance(policy, torch.nn.Module) else {"sft": ref}
+            log_file = run_dir / "run.log"  # lm-eval's own logs and bars: the terminal keeps one bar
             metrics["lm_eval"] = {
-                who: lm_eval_suite.evaluate(ctx, m, cfg.eval.lm_eval, suite) for who, m in models.items()
+                who: lm_eval_suite.evaluate(ctx, m, cfg.eval.lm_eval, suite, log_file)
+                for who, m in tqdm(models.items(), desc="lm-eval", unit="model", dynamic_ncols=True)
             }
     policy_dir = Path(cfg.paths.artifacts_dir) / "policy" / run_dir.name
     policy.save_pretrained(policy_dir)  # safetensors for models; best-of-n writes its spec

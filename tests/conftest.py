@@ -1,5 +1,8 @@
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +43,30 @@ def tiny_lm():
     return model, tok
 
 
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """(the wheel built from this checkout, a folder it is installed in): built once per pytest run.
+    A pure-Python wheel: unpacking it into a folder on PYTHONPATH installs it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from rlhf_bench.compose import conf_dir
+
+    root = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(root / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=conf_dir().parent,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((root / "dist").glob("rlhf_bench-*.whl"))
+    zipfile.ZipFile(wheel).extractall(root / "site")
+    return wheel, root / "site"
+
+
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch):
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
@@ -70,13 +97,34 @@ TOY_TINY = [
 RM_FAST = ["reward_model.epochs=1", "reward_model.min_gold_accuracy=0", "reward_model.n_normalization_samples=64"]
 
 
-def fast_overrides(root, ppo: bool = True, reward_model: bool = True) -> list[str]:
+# One artifacts folder for the whole pytest run: the cached stages (base model, SFT, pairs, reward
+# model) that many tests share are built once. A test that needs a cold cache (kill and resume,
+# cache invalidation, counting what a run built) passes shared=False and gets its own folder.
+SHARED_ARTIFACTS = Path(tempfile.mkdtemp(prefix="rlhf-bench-test-artifacts-"))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SHARED_ARTIFACTS, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_artifacts() -> Path:
+    """The session's shared artifacts folder (``fast_overrides`` uses it unless told not to)."""
+    return SHARED_ARTIFACTS
+
+
+def fast_overrides(
+    root, ppo: bool = True, reward_model: bool = True, shared: bool = True, lm_eval: bool = False
+) -> list[str]:
     """Overrides for a run of every stage in seconds on a CPU; ``ppo`` and ``reward_model`` add the
-    budgets of the default PPO and Bradley-Terry options (leave them out for other options)."""
+    budgets of the default PPO and Bradley-Terry options (leave them out for other options).
+    Results go under ``root``; artifacts to the session's shared folder (``shared=False``: under
+    ``root``, a cold cache). lm-eval is off unless ``lm_eval`` (the tests that check it)."""
+    artifacts = SHARED_ARTIFACTS if shared else Path(root) / "artifacts"
     return (
         [
             f"paths.results_dir={root}/results",
-            f"paths.artifacts_dir={root}/artifacts",
+            f"paths.artifacts_dir={artifacts}",
             "task.n_sft=2000",
             "task.n_train_prompts=256",
             "task.n_eval_prompts=64",
@@ -93,6 +141,7 @@ def fast_overrides(root, ppo: bool = True, reward_model: bool = True) -> list[st
             "eval.lm_eval.limit=16",
             "device=cpu",
         ]
+        + ([] if lm_eval else ["eval.lm_eval.tasks=[]"])
         + (["method.steps=2", "method.batch_size=16", "method.num_minibatches=2", "method.ppo_epochs=1"] if ppo else [])
         + (RM_FAST if reward_model else [])
     )

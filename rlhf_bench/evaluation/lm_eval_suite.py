@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_bench.config import LM_EVAL_SUITE, LmEvalConfig, to_plain
+from rlhf_bench.core.logs import to_log_file
 
 SUITE = LM_EVAL_SUITE
 SUITE_VERSION = 1.0
@@ -110,8 +111,9 @@ def gold_process_results(doc: dict, results: list[str]) -> dict[str, float]:
     return {"gold_reward": task.gold_reward([doc["prompt"]], [results[0]])[0]}
 
 
-def evaluate(ctx, model, cfg: LmEvalConfig, folder: Path) -> dict[str, Any]:
-    """Run the suite on ``model``: {task: {metric: value, metric_stderr: value}, "_versions": {...}}."""
+def evaluate(ctx, model, cfg: LmEvalConfig, folder: Path, log_file: Path | None = None) -> dict[str, Any]:
+    """Run the suite on ``model``: {task: {metric: value, metric_stderr: value}, "_versions": {...}}.
+    lm-eval's logs and progress bars go to ``log_file`` (the run's ``run.log``) when given."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -124,10 +126,11 @@ def evaluate(ctx, model, cfg: LmEvalConfig, folder: Path) -> dict[str, Any]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manager = TaskManager(include_path=str(folder), include_defaults=bool(standard))
     was_training = model.training
-    lm = HFLM(pretrained=model, tokenizer=ctx.tokenizer, batch_size=cfg.batch_size, device=str(ctx.device))
-    out = simple_evaluate(
-        model=lm, tasks=tasks, task_manager=manager, limit=cfg.limit, log_samples=False, bootstrap_iters=100
-    )
+    with to_log_file(log_file):
+        lm = HFLM(pretrained=model, tokenizer=ctx.tokenizer, batch_size=cfg.batch_size, device=str(ctx.device))
+        out = simple_evaluate(
+            model=lm, tasks=tasks, task_manager=manager, limit=cfg.limit, log_samples=False, bootstrap_iters=100
+        )
     model.train(was_training)  # HFLM puts the model in eval mode
     results: dict[str, Any] = {}
     for task, metrics in out["results"].items():

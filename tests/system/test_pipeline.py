@@ -20,8 +20,8 @@ METRICS = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    first = pipeline.run(load_config(fast_overrides(root) + ["seed=0"]))
-    second = pipeline.run(load_config(fast_overrides(root) + ["seed=1"]))
+    first = pipeline.run(load_config(fast_overrides(root, shared=False, lm_eval=True) + ["seed=0"]))
+    second = pipeline.run(load_config(fast_overrides(root, shared=False, lm_eval=True) + ["seed=1"]))
     return root, first, second
 
 
@@ -77,7 +77,11 @@ def test_second_run_reuses_sft_and_reward_model(two_runs):
 
 def test_changed_stage_config_rebuilds_only_downstream(two_runs):
     root, first, _ = two_runs
-    third = pipeline.run(load_config(fast_overrides(root) + ["preferences.flip_prob=0.2", "logger.mode=disabled"]))
+    third = pipeline.run(
+        load_config(
+            fast_overrides(root, shared=False, lm_eval=True) + ["preferences.flip_prob=0.2", "logger.mode=disabled"]
+        )
+    )
     assert third["artifacts"]["sft"]["cached"] is True
     assert third["artifacts"]["preferences"]["cached"] is False
     assert third["artifacts"]["reward_model"]["cached"] is False
@@ -139,14 +143,16 @@ def test_unwritable_results_dir_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="paths.results_dir"):
-        pipeline.run(load_config(fast_overrides(tmp_path) + [f"paths.results_dir={blocker}/results"]))
+        pipeline.run(load_config(fast_overrides(tmp_path, shared=False) + [f"paths.results_dir={blocker}/results"]))
     assert not (tmp_path / "artifacts").exists()
 
 
 def test_same_seed_gives_the_same_numbers(two_runs):
     """Every stage is budgeted in steps and seeded: rerunning seed 0 reproduces its metrics exactly on CPU."""
     root, first, _ = two_runs
-    again = pipeline.run(load_config(fast_overrides(root) + ["seed=0", "logger.mode=disabled"]))
+    again = pipeline.run(
+        load_config(fast_overrides(root, shared=False, lm_eval=True) + ["seed=0", "logger.mode=disabled"])
+    )
     assert again["metrics"]["policy"] == first["metrics"]["policy"]
     assert again["metrics"]["sft"] == first["metrics"]["sft"]
 

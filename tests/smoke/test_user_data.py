@@ -16,7 +16,7 @@ from rlhf_bench.core import models
 from rlhf_bench.rewards.preferences import annotator_temperatures, simulated_annotator
 from rlhf_bench.tasks.data import load_jsonl, read_jsonl
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 JUDGE = f"{EXAMPLES}/reward.py:politeness"
 
 

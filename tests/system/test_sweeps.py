@@ -106,18 +106,36 @@ def test_preflight_checks_both_ends_of_a_sampled_range():
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "argv, key, values",
     [
-        ["-m", "+sweep=bon_n", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        ["-m", "method=ppo,dpo,rloo", "seed=0,1,2", "hydra/launcher=joblib"],
-        ["-m", "+sweep=ppo_optuna", "hydra.sweeper.n_trials=2", "hydra/launcher=slurm"],
-        ["-m", "hydra/sweeper=optuna", "method.lr=tag(log, interval(1e-5, 1e-3))"],
-        ["+sweep=ppo_kl", "hydra/launcher=ray_cluster"],
-        ["+sweep=bon_n", "method.n=4", "seed=1"],  # the sweep selects best_of_n: its keys are there
+        (
+            ["-m", "+sweep=bon_n", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+            "method.n",
+            {1, 2, 4, 8, 16, 32, 64},
+        ),
+        (["-m", "method=ppo,dpo,rloo", "seed=0,1,2", "hydra/launcher=joblib"], "method.name", {"ppo", "dpo", "rloo"}),
+        (["-m", "method=ppo,dpo,rloo", "seed=0,1,2", "hydra/launcher=joblib"], "seed", {0, 1, 2}),
+        (["-m", "+sweep=ppo_optuna", "hydra.sweeper.n_trials=2", "hydra/launcher=slurm"], "method.lr", {1e-5, 1e-3}),
+        (["-m", "hydra/sweeper=optuna", "method.lr=tag(log, interval(1e-5, 1e-3))"], "method.lr", {1e-5, 1e-3}),
+        (["+sweep=ppo_kl", "hydra/launcher=ray_cluster"], "method.kl_coef", {0.0, 0.01, 0.02, 0.05, 0.1, 0.2}),
+        (["+sweep=bon_n", "method.n=4", "seed=1"], "method.n", {4}),  # the sweep selects best_of_n: its keys are there
     ],
 )
-def test_preflight_passes_sweeps_with_launchers_and_sweepers(argv):
+def test_preflight_passes_sweeps_with_launchers_and_sweepers(argv, key, values, monkeypatch):
+    """A valid sweep passes the check (no exit), and the check composed every value of the sweep."""
+    from rlhf_bench import cli
+
+    composed = []
+    load = cli.load_config
+    monkeypatch.setattr(cli, "load_config", lambda overrides: composed.append(load(overrides)) or composed[-1])
     preflight(argv)  # exits 2 on a config error
+    seen = set()
+    for cfg in composed:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        seen.add(node)
+    assert seen == values
 
 
 @pytest.mark.parametrize(
@@ -287,23 +305,13 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_wheel_ships_and_finds_the_sweeps(tmp_path):
-    repo = conf_dir().parent
-    build = subprocess.run(
-        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path / "dist")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=repo,
-    )
-    assert build.returncode == 0, build.stderr[-2000:]
-    wheel = next((tmp_path / "dist").glob("rlhf_bench-*.whl"))
+def test_wheel_ships_and_finds_the_sweeps(tmp_path, installed_wheel):
+    wheel, site = installed_wheel
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("methods_x_seeds.yaml", "ppo_optuna.yaml", "wandb_sweep/ppo_lr_kl.yaml", "slurm_dry_run.py"):
         assert f"rlhf_bench/sweeps/{name}" in names, name
     assert "rlhf_bench/conf/hydra/launcher/slurm.yaml" in names
     assert not [n for n in names if "__pycache__" in n]
-    zipfile.ZipFile(wheel).extractall(tmp_path / "site")  # a pure-Python wheel: unpacking installs it
     probe = subprocess.run(
         [
             sys.executable,
@@ -315,17 +323,17 @@ def test_wheel_ships_and_finds_the_sweeps(tmp_path):
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.split() == [str(tmp_path / "site" / "rlhf_bench" / "sweeps"), "best_of_n"]
+    assert probe.stdout.split() == [str(site / "rlhf_bench" / "sweeps"), "best_of_n"]
     dry_run = subprocess.run(
         [sys.executable, "-m", "rlhf_bench.sweeps.slurm_dry_run", "+sweep=bon_n", "hydra.launcher.partition=p"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
     )
     assert dry_run.returncode == 0 and "#SBATCH --partition=p" in dry_run.stdout, dry_run.stderr[-2000:]
 
@@ -362,7 +370,7 @@ def test_joblib_multirun_runs_jobs_in_parallel_on_one_sft_model(root):
         "seed=0",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
-        *fast_overrides(root, ppo=False),
+        *fast_overrides(root, ppo=False, shared=False),
         *QUICK,
     )
     records = _records(root)

@@ -157,7 +157,7 @@ def test_bad_input_is_one_clear_line(case, args, code, message, tmp_path, monkey
         base = ["task=jsonl", f"task.prompts={tmp_path}/prompts.jsonl", f"task.gold_reward={tmp_path}/rewards.py:good"]
         args = base + args
     chosen = {a.split("=")[0] for a in args if "=" in a and "." not in a.split("=")[0]}
-    fast = fast_overrides(tmp_path, ppo="method" not in chosen, reward_model="reward_model" not in chosen)
+    fast = fast_overrides(tmp_path, ppo="method" not in chosen, reward_model="reward_model" not in chosen, shared=False)
     if "task" in chosen or user_task:  # the embedded task's sizes are not keys of a user task
         fast = [o for o in fast if not o.startswith("task.")]
     monkeypatch.chdir(tmp_path)

@@ -337,7 +337,7 @@ def test_pretrained_reward_label_index_checked(classifier_folder, tiny_lm):
 
 # --- end to end with LoRA -------------------------------------------------------------------
 def test_pipeline_with_lora_on_the_tiny_model(tmp_path):
-    overrides = fast_overrides(tmp_path, ppo=False) + [
+    overrides = fast_overrides(tmp_path, ppo=False, lm_eval=True) + [
         "model.lora.enabled=true",
         "model.gradient_checkpointing=true",
         "method=rloo",

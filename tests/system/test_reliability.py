@@ -21,7 +21,7 @@ RESUMABLE = ["sft.steps=300", "method.steps=30", "checkpoint.every_steps=1", "ch
 
 
 def _command(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "rlhf_bench", *fast_overrides(root), *RESUMABLE, *extra]
+    return [sys.executable, "-m", "rlhf_bench", *fast_overrides(root, shared=False), *RESUMABLE, *extra]
 
 
 def _start(root: Path, attempt: str, *extra: str) -> subprocess.Popen:
@@ -121,7 +121,7 @@ def shared_root(tmp_path_factory):
 
 
 def _fault_config(root: Path, *extra: str):
-    return load_config(fast_overrides(root) + ["method.steps=4", "checkpoint.every_steps=1", *extra])
+    return load_config(fast_overrides(root, shared=False) + ["method.steps=4", "checkpoint.every_steps=1", *extra])
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_wandb_unreachable_online_falls_back_to_offline(tmp_path):
         WANDB_INIT_TIMEOUT="5",
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf_bench", *fast_overrides(tmp_path), "logger.mode=online"],
+        [sys.executable, "-m", "rlhf_bench", *fast_overrides(tmp_path, shared=False), "logger.mode=online"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

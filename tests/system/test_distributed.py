@@ -119,7 +119,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 
 
 def _accelerate(config: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -188,7 +188,12 @@ def test_a_run_under_torchrun_writes_one_record_from_the_main_process(tmp_path):
     """DPO end to end on 2 processes: SFT, reward model and DPO train data-parallel; the main
     process alone samples the pairs, evaluates and writes. Its numbers match a 1-process run
     to within the float-order tolerance (Adam after ~50 steps: ~1e-3 on weights of ~1)."""
-    args = [*fast_overrides(tmp_path / "two", ppo=False), "method=dpo", "method.epochs=1", "eval.lm_eval.tasks=[]"]
+    args = [
+        *fast_overrides(tmp_path / "two", ppo=False, shared=False),
+        "method=dpo",
+        "method.epochs=1",
+        "eval.lm_eval.tasks=[]",
+    ]
     double = _torchrun("-m", "rlhf_bench", *args, cwd=tmp_path)
     assert double.returncode == 0, double.stderr[-3000:]
     records = list((tmp_path / "two" / "results" / "runs").glob("*/record.json"))
@@ -199,7 +204,7 @@ def test_a_run_under_torchrun_writes_one_record_from_the_main_process(tmp_path):
     assert len(list((tmp_path / "two" / "artifacts" / "policy").iterdir())) == 1
 
     single_args = [
-        *fast_overrides(tmp_path / "one", ppo=False),
+        *fast_overrides(tmp_path / "one", ppo=False, shared=False),
         "method=dpo",
         "method.epochs=1",
         "eval.lm_eval.tasks=[]",
@@ -220,7 +225,7 @@ def test_a_run_under_torchrun_writes_one_record_from_the_main_process(tmp_path):
         tmp_path / "two" / "artifacts", tmp_path / "fsdp" / "artifacts", ignore=shutil.ignore_patterns("policy")
     )
     fsdp_args = [
-        *fast_overrides(tmp_path / "fsdp", ppo=False),
+        *fast_overrides(tmp_path / "fsdp", ppo=False, shared=False),
         "method=dpo",
         "method.epochs=1",
         "eval.lm_eval.tasks=[]",
@@ -407,11 +412,13 @@ def test_ppo_under_fsdp_and_deepspeed_with_the_accelerate_configs_matches_ddp(tm
     preference pairs and evaluates whole models. Under deepspeed the same stages train with ZeRO-2
     optimizers. One record, one policy, the numbers of ddp's run, for each."""
     common = ["-m", "rlhf_bench", "eval.lm_eval.tasks=[]"]
-    fsdp = _accelerate("fsdp.yaml", *common, *fast_overrides(tmp_path / "fsdp"), "parallel.strategy=fsdp", cwd=tmp_path)
+    fsdp = _accelerate(
+        "fsdp.yaml", *common, *fast_overrides(tmp_path / "fsdp", shared=False), "parallel.strategy=fsdp", cwd=tmp_path
+    )
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     for model in ("GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2ForTokenClassification"):
         assert f"fsdp: {model} sharded over 2 processes" in fsdp.stderr  # policy, reward model, value model
-    ddp = _accelerate("ddp.yaml", *common, *fast_overrides(tmp_path / "ddp"), cwd=tmp_path)
+    ddp = _accelerate("ddp.yaml", *common, *fast_overrides(tmp_path / "ddp", shared=False), cwd=tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "sharded over" not in ddp.stderr
     record, reference = _record(tmp_path / "fsdp"), _record(tmp_path / "ddp")
@@ -427,7 +434,11 @@ def test_ppo_under_fsdp_and_deepspeed_with_the_accelerate_configs_matches_ddp(tm
     if importlib.util.find_spec("deepspeed") is None:
         return
     zero = _accelerate(
-        "deepspeed.yaml", *common, *fast_overrides(tmp_path / "zero"), "parallel.strategy=deepspeed", cwd=tmp_path
+        "deepspeed.yaml",
+        *common,
+        *fast_overrides(tmp_path / "zero", shared=False),
+        "parallel.strategy=deepspeed",
+        cwd=tmp_path,
     )
     assert zero.returncode == 0, zero.stderr[-3000:]
     # SFT, reward model, PPO: each optimizer ZeRO's, this process stepping about half of it
@@ -476,7 +487,7 @@ def test_an_ensemble_reward_model_trains_under_torchrun(tmp_path):
     process alone scores the ensemble it saved (before, the other process tried to load members it
     never wrote, and the run died)."""
     args = [
-        *fast_overrides(tmp_path, ppo=False, reward_model=False),
+        *fast_overrides(tmp_path, ppo=False, reward_model=False, shared=False),
         *RM_FAST,
         "reward_model=ensemble",
         "method=grpo",

@@ -52,20 +52,32 @@ def test_groups_over_seeds_with_mean_std_ci(results):
     assert math.isnan(table[1]["gold_reward_std"])  # one seed: no spread
 
 
-def test_t_quantiles():
-    assert t95(1) == 12.706 and t95(2) == 4.303 and t95(1000) == 1.96
+def test_t_quantiles_against_their_closed_forms():
+    # 1 degree of freedom: Student's t is the Cauchy distribution, F^-1(p) = tan(pi (p - 1/2))
+    assert t95(1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)  # 12.7062
+    # 2 degrees of freedom: F^-1(p) = (2p - 1) / sqrt(2 p (1 - p))
+    assert t95(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-9)  # 4.3027
+    # many degrees of freedom: the normal quantile, Phi^-1(0.975) = sqrt(2) erfinv(0.95) = 1.959964
+    assert t95(10**6) == pytest.approx(1.959964, abs=1e-5)
+    assert t95(3) > t95(4) > t95(30) > t95(10**6)
 
 
 def test_welch_significance_against_the_best_row(results):
-    from scipy.stats import ttest_ind
+    from scipy.stats import t as student_t
 
     _record(results, "dpo1", "dpo", 1, 0.55)
     table = rows(load_records(results)[0], [])
     add_significance(table)
     ppo, dpo = table
     assert ppo["vs_best"] == "best"
-    expected = ttest_ind([0.5, 0.55], [0.7, 0.8, 0.9], equal_var=False).pvalue
-    assert dpo["p_vs_best"] == pytest.approx(expected)
+    # Welch by hand: means 0.525 and 0.8, sample variances 0.00125 and 0.01,
+    # se = sqrt(0.00125/2 + 0.01/3) = 0.0629153, t = -0.275 / se = -4.37096,
+    # dof = se^4 / ((0.00125/2)^2 / 1 + (0.01/3)^2 / 2) = 2.63504 (Welch-Satterthwaite)
+    se = math.sqrt(0.00125 / 2 + 0.01 / 3)
+    t_stat, dof = -0.275 / se, se**4 / ((0.00125 / 2) ** 2 + (0.01 / 3) ** 2 / 2)
+    assert (t_stat, dof) == (pytest.approx(-4.37096, abs=1e-5), pytest.approx(2.63504, abs=1e-5))
+    expected = 2 * student_t.sf(abs(t_stat), dof)  # two-sided
+    assert dpo["p_vs_best"] == pytest.approx(expected, rel=1e-9)
     assert dpo["vs_best"] == f"p={expected:.3g}" + (" *" if expected < 0.05 else "")
 
 
