@@ -43,7 +43,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def build_context(overrides: list[str], root: Path, sft_steps: int = 100):
-    """A RunContext as a run's method receives it: base model, SFT, preference pairs and the
+    """A Run as a run's method receives it: base model, SFT, preference pairs and the
     gold reward as the training reward (so both libraries optimise the same function), built
     by the pipeline's cached stages under ``root`` (a second call reuses them)."""
     import dataclasses
@@ -51,7 +51,7 @@ def build_context(overrides: list[str], root: Path, sft_steps: int = 100):
     from rlhf_bench.compose import load_config
     from rlhf_bench.core import models
     from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
-    from rlhf_bench.pipeline import base_stage, preparation_stages
+    from rlhf_bench.pipeline import prepare
     from rlhf_bench.tracking.wandb_run import Tracker
 
     models.quiet_transformers()
@@ -68,10 +68,16 @@ def build_context(overrides: list[str], root: Path, sft_steps: int = 100):
     device = resolve_device(cfg.device)
     tracker = Tracker(dataclasses.replace(cfg.logger, mode="disabled"), root, "bench", "bench", {})
     seed_everything(cfg.seed)
-    ctx = base_stage(cfg, tracker, device, resolve_dtype(cfg.precision, device))
-    preparation_stages(ctx)
+    ctx, _ = prepare(cfg, tracker, device, resolve_dtype(cfg.precision, device), None)
     seed_everything(cfg.seed)
     return ctx
+
+
+def instrument(ctx, **services) -> None:
+    """Swap services of a run for measured or fixed ones (a benchmark's instruments). A ``Run`` is
+    frozen so that no stage writes into it; a benchmark standing outside the stages may."""
+    for name, service in services.items():
+        object.__setattr__(ctx, name, service)
 
 
 def ban_eos(ctx) -> list[int]:
@@ -79,7 +85,7 @@ def ban_eos(ctx) -> list[int]:
     ``ctx.max_new_tokens`` long, so that runs compared with each other generate and train on the
     same number of tokens (TRL gets the same list as ``suppress_tokens``). Returns the list."""
     banned = sorted({*ctx.banned_token_ids(), ctx.tokenizer.eos_token_id})
-    ctx.banned_token_ids = lambda: banned
+    instrument(ctx, banned_token_ids=lambda: banned)
     return banned
 
 
@@ -108,7 +114,8 @@ class StepClock:
             self.last = metrics
             log(stage, metrics)
 
-        ctx.checkpointer, ctx.tracker.log = stamped_checkpointer, logged
+        instrument(ctx, checkpointer=stamped_checkpointer)
+        ctx.tracker.log = logged
 
     def rates(self, skip: int = 1) -> dict[str, float]:
         """Steps, generated and trained tokens per second from the end of step ``skip`` to the last."""

@@ -36,6 +36,7 @@ from common import (
     StepClock,
     ban_eos,
     build_context,
+    instrument,
     matmul_peak_flops,
     peak_memory_mb,
     print_result,
@@ -92,8 +93,11 @@ def child_method(model: str, method: str, steps: int, root: Path, lora: bool, de
     cfg, train, updates = method_config(method, steps)
     held = {}
     load_policy, load_reference = ctx.load_policy, ctx.load_reference
-    ctx.load_policy = lambda *a, **k: held.setdefault("policy", load_policy(*a, **k))
-    ctx.load_reference = lambda: held.setdefault("reference", load_reference())
+    instrument(
+        ctx,
+        load_policy=lambda *a, **k: held.setdefault("policy", load_policy(*a, **k)),
+        load_reference=lambda *a: held.setdefault("reference", load_reference(*a)),
+    )
     clock = StepClock(ctx)
     reset_peak_memory(ctx.device)
     train(ctx, cfg)

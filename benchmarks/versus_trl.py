@@ -166,7 +166,7 @@ def child_trl(
     reset_peak_memory(ctx.device)
     start = time.perf_counter()
     if method == "dpo":
-        rows = read_jsonl(Path(ctx.preferences_path) / "train.jsonl")
+        rows = read_jsonl(Path(ctx.stages.preferences.path) / "train.jsonl")
         data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
         args = trl.DPOConfig(
             **common,

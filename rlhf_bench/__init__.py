@@ -12,7 +12,7 @@ core        pure training mechanics: ops, kl, losses, rollout, train, loop, devi
             models, checkpoint, files; each part's config dataclass beside its code
 config      the root ``Config`` and the shared sections (model, sft, preferences, eval, ...)
 tasks       prompts, demonstrations, gold rewards and judges; ``tracking``: W&B and the record
-run         the state of one run (``RunContext``) and its services: sample, log-probs, score
+run         the state of one run (``Run``) and its services: sample, log-probs, score
 rewards     reward models and what they train on (preference pairs)
 evaluation  gold metrics, exact sums, lm-eval
 training    mechanics several methods share: group sampling, best-of-k, the pair loop

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rlhf_bench.compose import compose, conf_dir, load_config, register_schemas, register_sweeps, sweeps_dir  # noqa: F401
-from rlhf_bench.config_errors import _walk, explain_config_error  # noqa: F401
+from rlhf_bench.config_errors import ConfigStructure, _walk, explain_config_error, validate_overrides  # noqa: F401
 
 console = Console(stderr=True)
 EXIT_CONFIG_ERROR = 2
@@ -135,18 +135,30 @@ def sweep_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
 
 
 def preflight(argv: list[str]) -> None:
-    """Compose and validate the config(s) of this command line; exit 2 with a clear message if wrong."""
+    """Validate the config(s) of this command line; exit 2 with a clear message if wrong.
+
+    The command line, then each job of ``_jobs_to_check``: first its structure (``validate_overrides``:
+    group options and keys, before composing), then its types and values (``load_config``)."""
     overrides = _overrides(argv)
     if overrides is None:
         return
+    structure = ConfigStructure()  # groups, options and composed configs, asked once for every job
+    checking = overrides
     try:
-        overrides = sweep_overrides(overrides, multirun="-m" in argv or "--multirun" in argv)
-        for job in _jobs_to_check(overrides):
-            load_config(job)
+        message = validate_overrides(overrides, structure)
+        if message is None:
+            overrides = sweep_overrides(overrides, multirun="-m" in argv or "--multirun" in argv)
+            for checking in _jobs_to_check(overrides):
+                message = validate_overrides(checking, structure)
+                if message is not None:
+                    break
+                load_config(checking)
     except Exception as exc:
         if _debug():
             raise
-        console.print(escape(explain_config_error(exc, overrides)), style="red", highlight=False, soft_wrap=True)
+        message = explain_config_error(exc, checking)
+    if message is not None:
+        console.print(escape(message), style="red", highlight=False, soft_wrap=True)
         sys.exit(EXIT_CONFIG_ERROR)
 
 

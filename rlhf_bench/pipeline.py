@@ -33,6 +33,7 @@ from rlhf_bench.config import Config
 from rlhf_bench.core import distributed
 from rlhf_bench.core.checkpoint import Preempted, manifest, preemption_handler, verify_manifest
 from rlhf_bench.errors import require
+from rlhf_bench.run import Progress, Run, Stage, Stages
 from rlhf_bench.tracking.record import (
     RECORD_VERSION,
     git_commit,
@@ -326,13 +327,11 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         "project": cfg.logger.project,
         "dir": str(tracker.dir) if tracker.dir else None,
     }
-    ctx = None
+    progress = Progress()
     try:
         with preemption_handler():
             seed_everything(cfg.seed)
-            ctx = base_stage(cfg, tracker, device, dtype)
-            ctx.checkpoint_dir = artifacts_dir / "checkpoints" / run_id
-            rm_info = preparation_stages(ctx)
+            ctx, rm_info = prepare(cfg, tracker, device, dtype, artifacts_dir / "checkpoints" / run_id, progress)
             seed_everything(cfg.seed)
             record["metrics"] = policy_and_evaluation(ctx, run_dir, rm_info)
         record["status"] = "finished"
@@ -340,14 +339,13 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     except BaseException as exc:
         record["status"] = "preempted" if isinstance(exc, Preempted) else "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
-        if ctx is not None and ctx.last_checkpoint:
-            record["checkpoint"] = ctx.last_checkpoint
+        if progress.last_checkpoint:
+            record["checkpoint"] = progress.last_checkpoint
         raise
     finally:
         record["finished"] = _now()
-        if ctx is not None:
-            record["cost"] = ctx.cost.to_dict()
-            record["artifacts"] = ctx.artifacts
+        record["cost"] = progress.cost.to_dict()
+        record["artifacts"] = progress.artifacts
         record["history"] = tracker.history
         tracker.summary(flatten(record["cost"], "cost/"))
         tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
@@ -408,15 +406,15 @@ def model_key(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in to_plain(cfg.model).items() if k not in how}
 
 
-def base_stage(cfg: Config, tracker, device, dtype):
-    """The task and the base model (a hub model by name, or the tiny one built from a config)."""
+def base_stage(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None = None, progress=None) -> Run:
+    """The task and the base model (a hub model by name, or the tiny one built from a config): the
+    run as it starts, with its ``base`` stage."""
     from hydra.utils import get_class
 
     from rlhf_bench.core import models
-    from rlhf_bench.run import RunContext
 
     task = get_class(cfg.task._target_)(cfg.task)
-    base = None
+    progress = progress if progress is not None else Progress()
     if cfg.model.name_or_path is None:
 
         def build_base(out: Path, _checkpoints: Path) -> dict[str, Any]:
@@ -435,7 +433,8 @@ def base_stage(cfg: Config, tracker, device, dtype):
 
         key = {"model": model_key(cfg), "task": task_key(task, cfg)}
         base = cached_stage(Path(cfg.paths.artifacts_dir), "base", key, build_base, cfg.checkpoint.verify_artifacts)
-        base_path, base_key = str(base.path), base.hash
+        progress.artifacts["base"] = _artifact(base)
+        base_stage_ = Stage(str(base.path), base.hash)
     else:
         require(
             not hasattr(task, "build_tokenizer"),
@@ -443,52 +442,93 @@ def base_stage(cfg: Config, tracker, device, dtype):
             f"must be null for task={cfg.task.name}: the task builds its own tokenizer and tiny model",
             cfg.model.name_or_path,
         )
-        base_path = cfg.model.name_or_path
-        base_key = config_hash({"name_or_path": base_path, "revision": cfg.model.revision})
-    tokenizer = models.load_tokenizer(base_path, cfg.model.revision, cfg.model.trust_remote_code)
-    ctx = RunContext(
+        digest = config_hash({"name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision})
+        base_stage_ = Stage(cfg.model.name_or_path, digest)
+    tokenizer = models.load_tokenizer(base_stage_.path, cfg.model.revision, cfg.model.trust_remote_code)
+    return Run(
         cfg=cfg,
         task=task,
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
         tracker=tracker,
-        base_path=base_path,
+        stages=Stages(base=base_stage_),
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
     )
-    ctx.stage_keys["base"] = base_key
-    if base is not None:
-        ctx.artifacts["base"] = _artifact(base)
-    return ctx
 
 
-def preparation_stages(ctx) -> dict[str, Any]:
-    """SFT, preference pairs and reward model, each cached; returns the reward model's info."""
+def prepare(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None, progress=None) -> tuple[Run, dict]:
+    """Every stage before the method (base model, SFT, pairs, reward model), each cached: the run
+    ready for its method, and the reward model's info. The main process and the workers of a
+    data-parallel run both start this way."""
+    ctx = base_stage(cfg, tracker, device, dtype, checkpoint_dir, progress)
+    return preparation_stages(ctx)
+
+
+def run_from_record(record: dict[str, Any], cfg: Config | None = None, tracker=None, device=None, dtype=None) -> Run:
+    """The run of a finished record, rebuilt: its config (``cfg``, else composed from the record's
+    overrides), task and tokenizer, and the stages it used, found where the record says. Nothing is
+    trained: the reproductions use this to look again at a run's SFT policy and reward model."""
+    from hydra.utils import get_class
+
+    from rlhf_bench.core import models
+    from rlhf_bench.core.device import resolve_device
+
+    if cfg is None:
+        raise ValueError("run_from_record needs the run's typed config (compose.load_config(record['overrides']))")
+    artifacts = record["artifacts"]
+    stages = Stages(
+        **{
+            name: Stage(artifacts[name]["path"], artifacts[name].get("hash", ""))
+            for name in ("base", "sft", "preferences", "reward_model", "reward_backbone")
+            if name in artifacts
+        }
+    )
+    if stages.base is None:  # a hub model: the record's config names it
+        stages = dataclasses.replace(stages, base=Stage(cfg.model.name_or_path, ""))
+    if stages.sft is None:  # sft.steps=0: the base model is the SFT policy
+        stages = dataclasses.replace(stages, sft=stages.base)
+    return Run(
+        cfg=cfg,
+        task=get_class(cfg.task._target_)(cfg.task),
+        tokenizer=models.load_tokenizer(stages.base.path, cfg.model.revision, cfg.model.trust_remote_code),
+        device=device if device is not None else resolve_device(cfg.device),
+        dtype=dtype,
+        tracker=tracker,
+        stages=stages,
+    )
+
+
+def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
+    """SFT, preference pairs and reward model, each cached: the run with those stages, and the
+    reward model's info."""
     from hydra.utils import get_method
 
     from rlhf_bench.methods.sft import train_sft
     from rlhf_bench.rewards.preferences import sample_preferences, stage_key
 
     cfg, artifacts_dir = ctx.cfg, Path(ctx.cfg.paths.artifacts_dir)
-    verify = cfg.checkpoint.verify_artifacts
+    verify, artifacts = cfg.checkpoint.verify_artifacts, ctx.progress.artifacts
     data_key = task_key(ctx.task, cfg)
     with ctx.cost.timed("sft"):
         if cfg.sft.steps > 0:
-            key = {"base": ctx.stage_keys["base"], "task": data_key, "sft": to_plain(cfg.sft)}
+            key = {"base": ctx.stages.base.hash, "task": data_key, "sft": to_plain(cfg.sft)}
             sft = cached_stage(
                 artifacts_dir,
                 "sft",
                 key,
-                lambda out, ckpt: train_sft(ctx, cfg.sft, ctx.base_path, out, ckpt),
+                lambda out, ckpt: train_sft(ctx, cfg.sft, ctx.stages.base.path, out, ckpt),
                 verify,
                 parallel=True,
             )
-            ctx.sft_path, ctx.stage_keys["sft"] = str(sft.path), sft.hash
-            ctx.artifacts["sft"] = _artifact(sft)
+            ctx = ctx.with_stage("sft", sft.path, sft.hash)
+            artifacts["sft"] = _artifact(sft)
         else:  # the base model is the SFT policy (e.g. an instruction-tuned hub model)
-            ctx.sft_path, ctx.stage_keys["sft"] = ctx.base_path, ctx.stage_keys["base"]
+            ctx = ctx.with_stage("sft", ctx.stages.base.path, ctx.stages.base.hash)
     with ctx.cost.timed("preferences"):
         key = {
-            "sft": ctx.stage_keys["sft"],
+            "sft": ctx.stages.sft.hash,
             "task": data_key,
             "preferences": stage_key(cfg.preferences),
         }
@@ -499,16 +539,17 @@ def preparation_stages(ctx) -> dict[str, Any]:
             lambda out, _ckpt: sample_preferences(ctx, cfg.preferences, out),
             verify,
         )
-        ctx.artifacts["preferences"] = _artifact(prefs)
-        ctx.preferences_path = str(prefs.path)
+        artifacts["preferences"] = _artifact(prefs)
+        ctx = ctx.with_stage("preferences", prefs.path, prefs.hash)
     with ctx.cost.timed("reward_model"):
         train_rm = get_method(cfg.reward_model._target_)
-        reward_backbone_stage(ctx, data_key)
+        ctx = reward_backbone_stage(ctx, data_key)
+        backbone = ctx.stages.reward_backbone
         key = {
             "preferences": prefs.hash,
-            "sft": ctx.stage_keys["sft"],
+            "sft": ctx.stages.sft.hash,
             "reward_model": rm_key(cfg.reward_model),
-            **({"backbone": ctx.stage_keys["reward_backbone"]} if ctx.reward_backbone_path else {}),
+            **({"backbone": backbone.hash} if backbone else {}),
         }
         rm = cached_stage(
             artifacts_dir,
@@ -518,14 +559,14 @@ def preparation_stages(ctx) -> dict[str, Any]:
             verify,
             parallel=True,
         )
-        ctx.reward_model_path = str(rm.path)
-        ctx.artifacts["reward_model"] = _artifact(rm)
+        ctx = ctx.with_stage("reward_model", rm.path, rm.hash)
+        artifacts["reward_model"] = _artifact(rm)
     ctx.tracker.summary({"eval/rm_accuracy": rm.info["accuracy"], "eval/rm_gold_accuracy": rm.info["gold_accuracy"]})
     console.print(
         f"reward model: held-out accuracy {rm.info['accuracy']:.3f}, agreement with gold {rm.info['gold_accuracy']:.3f}"
         + (" (cached)" if rm.cached else "")
     )
-    return rm.info
+    return ctx, rm.info
 
 
 def rm_key(rm_cfg) -> dict[str, Any]:
@@ -537,16 +578,17 @@ def rm_key(rm_cfg) -> dict[str, Any]:
     return key
 
 
-def reward_backbone_stage(ctx, data_key: dict[str, Any]) -> None:
+def reward_backbone_stage(ctx: Run, data_key: dict[str, Any]) -> Run:
     """A reward model's own backbone (``reward_model.backbone``): the policy's tiny architecture and
     tokenizer at that size, SFT-trained like the policy (two cached stages: ``base`` and
-    ``reward_backbone``); sets ``ctx.reward_backbone_path``. Without it the head goes on the SFT policy."""
+    ``reward_backbone``): the run with its ``reward_backbone`` stage. Without it (the run as it
+    is) the head goes on the SFT policy."""
     from rlhf_bench.core import models
     from rlhf_bench.methods.sft import train_sft
 
     cfg, backbone = ctx.cfg, getattr(ctx.cfg.reward_model, "backbone", None)
     if backbone is None or not backbone.enabled:
-        return
+        return ctx
     size = f"{backbone.n_layer} layers x {backbone.d_model}"
     require(
         cfg.model.name_or_path is None,
@@ -570,7 +612,7 @@ def reward_backbone_stage(ctx, data_key: dict[str, Any]) -> None:
         models.save_pretrained(model, ctx.tokenizer, out)
         return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(ctx.tokenizer)}
 
-    base_key = {"model": to_plain(tiny), "init_seed": cfg.model.init_seed, "tokenizer_of": ctx.stage_keys["base"]}
+    base_key = {"model": to_plain(tiny), "init_seed": cfg.model.init_seed, "tokenizer_of": ctx.stages.base.hash}
     base = cached_stage(artifacts_dir, "base", base_key, build_base, verify)
     key = {"base": base.hash, "task": data_key, "sft": to_plain(cfg.sft)}
     sft = cached_stage(
@@ -581,11 +623,11 @@ def reward_backbone_stage(ctx, data_key: dict[str, Any]) -> None:
         verify,
         parallel=True,
     )
-    ctx.reward_backbone_path, ctx.stage_keys["reward_backbone"] = str(sft.path), sft.hash
-    ctx.artifacts["reward_backbone"] = _artifact(sft)
+    ctx.progress.artifacts["reward_backbone"] = _artifact(sft)
+    return ctx.with_stage("reward_backbone", sft.path, sft.hash)
 
 
-def train_policy(ctx):
+def train_policy(ctx: Run):
     """The method's training (every process of a data-parallel run takes part); the cost counters
     summed over processes."""
     from hydra.utils import get_method
@@ -611,16 +653,15 @@ def run_worker(cfg: Config) -> dict[str, Any]:
     tracker = Tracker(dataclasses.replace(cfg.logger, mode="disabled"), Path("."), run_id, run_id, {})
     with preemption_handler():
         seed_everything(cfg.seed)
-        ctx = base_stage(cfg, tracker, device, resolve_dtype(cfg.precision, device))
-        ctx.checkpoint_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / run_id
-        preparation_stages(ctx)
+        checkpoints = Path(cfg.paths.artifacts_dir) / "checkpoints" / run_id
+        ctx, _ = prepare(cfg, tracker, device, resolve_dtype(cfg.precision, device), checkpoints)
         seed_everything(cfg.seed)
         train_policy(ctx)
     distributed.all_done()  # wait while the main process evaluates and writes: a launcher ends all at the first exit
     return {"run_id": run_id, "rank": distributed.rank(), "status": "finished"}
 
 
-def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[str, Any]:
+def policy_and_evaluation(ctx: Run, run_dir: Path, rm_info: dict[str, Any]) -> dict[str, Any]:
     """Train the method from the SFT policy, save it, and evaluate it against the SFT reference
     (the task's metrics, then the lm-eval suite)."""
     import torch
@@ -634,7 +675,9 @@ def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[s
     policy = train_policy(ctx)
     with ctx.cost.timed("eval"):
         with distributed.whole_models():  # the main process alone
-            ref, reward = ctx.load_reference(), load_run_reward(ctx)
+            # a LoRA policy's reference is its own base weights, adapters off (the SFT model)
+            ref = ctx.load_reference(policy if isinstance(policy, torch.nn.Module) else None)
+            reward = load_run_reward(ctx)
         metrics = evaluate(ctx, policy, ref, reward, cfg.eval, cfg.seed)
     metrics["reward_model"] = {
         "accuracy": rm_info["accuracy"],
@@ -652,7 +695,7 @@ def policy_and_evaluation(ctx, run_dir: Path, rm_info: dict[str, Any]) -> dict[s
     policy_dir = Path(cfg.paths.artifacts_dir) / "policy" / run_dir.name
     policy.save_pretrained(policy_dir)  # safetensors for models; best-of-n writes its spec
     ctx.tokenizer.save_pretrained(policy_dir)
-    ctx.artifacts["policy"] = {"path": str(policy_dir)}
+    ctx.progress.artifacts["policy"] = {"path": str(policy_dir)}
     ctx.tracker.summary(flatten(metrics, "eval/"))
     return metrics
 

@@ -1,12 +1,19 @@
-"""What every stage and method receives: the config, the task, the device, the tracker.
+"""One run: what it was given (typed, immutable) and the services every stage and method uses.
 
-The pipeline fills in the paths of the cached checkpoints (SFT, reward model) as it goes;
-methods load the models they need from those paths, the same way for the tiny model and
-for a hub model.
+``Run`` holds the config, the task, the tokenizer, the device and precision, the tracker, and
+``stages``, the cached stages built so far (each a path and a content hash). The pipeline
+builds it stage by stage: each stage returns its output and the pipeline makes the next ``Run``
+with ``with_stage`` (``dataclasses.replace``), so no stage writes into a shared object. What a run
+accumulates as it goes (tokens, wall time, the artifacts it wrote, its newest checkpoint) is the
+one mutable part, ``Progress``, named as such.
+
+``run_from_record`` (in ``pipeline``) is the one way to rebuild a run from a finished record: the
+workers of a data-parallel run and the reproductions use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,36 +31,85 @@ from rlhf_bench.errors import ConfigError
 from rlhf_bench.tracking.wandb_run import Tracker
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A cached stage's output: its folder and the content hash it is stored under."""
+
+    path: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stages a run has built or found: base model, SFT, pairs, reward model (and the reward
+    model's own backbone, ``reward_model.backbone``); None until the pipeline gets there."""
+
+    base: Stage | None = None
+    sft: Stage | None = None
+    preferences: Stage | None = None
+    reward_model: Stage | None = None
+    reward_backbone: Stage | None = None
+
+
 @dataclass
-class RunContext:
+class Progress:
+    """The one mutable part of a run: what it has spent (``cost``) and written (``artifacts`` by
+    stage, the newest checkpoint, named in a failed run's record)."""
+
+    cost: Cost = field(default_factory=Cost)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+
+
+class PromptTexts:
+    """Chat-formatted prompt ids -> the prompt as given (``model.chat_template``), so that rewards
+    can read a prompt without its template: filled by ``Run.encode_prompts``, read by
+    ``Run.prompt_texts``. A cache, explicit: it lives as long as the run."""
+
+    def __init__(self) -> None:
+        self._text: dict[tuple[int, ...], str] = {}
+
+    def remember(self, ids: list[list[int]], prompts: list[str]) -> None:
+        self._text.update((tuple(row), p) for row, p in zip(ids, prompts))
+
+    def get(self, row: tuple[int, ...], default: str) -> str:
+        return self._text.get(row, default)
+
+
+@dataclass(frozen=True)
+class Run:
     cfg: Config
     task: Any
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype | None
-    tracker: Tracker
-    cost: Cost = field(default_factory=Cost)
-    base_path: str | None = None
-    sft_path: str | None = None
-    preferences_path: str | None = None
-    reward_model_path: str | None = None
-    reward_backbone_path: str | None = None  # a reward model's own backbone (reward_model.backbone), else None
-    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stage_keys: dict[str, str] = field(default_factory=dict)  # content hash of each stage's output
+    tracker: Tracker | None
+    stages: Stages = field(default_factory=Stages)
     checkpoint_dir: Path | None = None  # the run's own checkpoints (the method's training loop)
-    last_checkpoint: str | None = None  # the newest checkpoint written, named in a failed run's record
-    # The LoRA policy load_policy() returned last: load_reference() runs it with its adapters off.
-    lora_policy: torch.nn.Module | None = field(default=None, repr=False)
-    # Chat-formatted prompt ids -> the prompt as given, so that rewards can read it without the template.
-    prompt_text: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
+    progress: Progress = field(default_factory=Progress, repr=False, compare=False)
+    prompts: PromptTexts = field(default_factory=PromptTexts, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.cfg.model.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            base = self.stages.base.path if self.stages.base else self.cfg.model.name_or_path
             raise ConfigError(
                 "model.chat_template",
-                f"is true but the tokenizer of {self.base_path} has no chat template; set model.chat_template=false "
+                f"is true but the tokenizer of {base} has no chat template; set model.chat_template=false "
                 "or use a model whose tokenizer has one",
             )
+
+    def with_stage(self, name: str, path: str | Path, digest: str) -> Run:
+        """This run with stage ``name`` built (or found) at ``path``, stored under ``digest``."""
+        return dataclasses.replace(self, stages=dataclasses.replace(self.stages, **{name: Stage(str(path), digest)}))
+
+    @property
+    def cost(self) -> Cost:
+        return self.progress.cost
+
+    @property
+    def sft_path(self) -> str:
+        """The SFT policy's folder (the reference of every method)."""
+        return self.stages.sft.path
 
     def autocast(self):
         return autocast(self.device, self.dtype)
@@ -98,11 +154,10 @@ class RunContext:
 
         ``model.gradient_checkpointing`` switches on activation checkpointing. With
         ``model.lora.enabled`` the SFT policy (``path`` None, ``lora`` True) comes wrapped in LoRA
-        adapters and is kept as ``lora_policy``: ``load_reference()``, which methods call after
-        this, runs that same object with its adapters off rather than load a second copy. A
-        model loaded by path (the SFT stage starts from the base model) stays whole: SFT is full
-        fine-tuning. Sampling-only callers may pass ``lora=False``; they get the same function
-        either way (B = 0 at the start).
+        adapters: pass it to ``load_reference(policy)``, which runs that same object with its
+        adapters off rather than load a second copy. A model loaded by path (the SFT stage starts
+        from the base model) stays whole: SFT is full fine-tuning. Sampling-only callers may pass
+        ``lora=False``; they get the same function either way (B = 0 at the start).
 
         Every model loader shards what it loads over the processes when ``parallel.strategy``
         is fsdp and all processes load it (``distributed.sharding()``); ``whole()`` turns a
@@ -114,19 +169,18 @@ class RunContext:
             models.enable_gradient_checkpointing(model)
         if lora and path is None and m.lora.enabled:
             model = models.add_lora(model, m.lora, m.init_seed)
-            self.lora_policy = model
         model = self._sharded(model.to(self.device), functools.partial(self.load_policy, path, lora=lora))
         return self._compiled(model)
 
-    def load_reference(self) -> torch.nn.Module:
+    def load_reference(self, policy: torch.nn.Module | None = None) -> torch.nn.Module:
         """The frozen SFT policy that KL is measured against.
 
-        In a LoRA run, the base weights of ``lora_policy`` with its adapters off: one copy of the
-        model, and exactly the SFT model, since training moves only the adapters. Where no LoRA
-        policy was loaded (best-of-n trains none), the SFT checkpoint loaded whole.
+        With ``policy`` a LoRA policy (``load_policy`` under ``model.lora.enabled``): its base
+        weights with the adapters off, one copy of the model, and exactly the SFT model, since
+        training moves only the adapters. Otherwise the SFT checkpoint loaded whole.
         """
-        if self.lora_policy is not None:
-            return models.AdaptersDisabled(self.lora_policy)
+        if policy is not None and models.has_lora(policy):
+            return models.AdaptersDisabled(policy)
         ref = self.frozen(self._load_causal_lm(self.sft_path)).to(self.device)  # cast, then moved
         return self._compiled(self._sharded(ref, self.load_reference))
 
@@ -157,7 +211,7 @@ class RunContext:
         if not distributed.is_main():
             return model
         with distributed.whole_models():
-            copy = model._load_whole()  # a LoRA policy's copy becomes the run's lora_policy
+            copy = model._load_whole()
         copy.load_state_dict(state)
         return copy.train(model.training)
 
@@ -233,7 +287,7 @@ class RunContext:
         tokens (BOS ...) are in its text, hence no ``add_special_tokens``."""
         ids = self.encode(self.format_prompts(prompts))
         if self.cfg.model.chat_template:
-            self.prompt_text.update((tuple(row), p) for row, p in zip(ids, prompts))
+            self.prompts.remember(ids, prompts)
         return ids
 
     def prompt_texts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
@@ -246,7 +300,7 @@ class RunContext:
             tuple(t for t, m in zip(row.tolist(), mrow.tolist()) if m)
             for row, mrow in zip(prompt_ids.cpu(), prompt_mask.cpu())
         ]
-        return [self.prompt_text.get(row, text) for row, text in zip(rows, texts)]
+        return [self.prompts.get(row, text) for row, text in zip(rows, texts)]
 
     def pad_prompts(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return pad(prompt_ids, self.tokenizer.pad_token_id, "left", self.device)

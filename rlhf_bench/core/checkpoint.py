@@ -329,7 +329,7 @@ class Checkpointer:
             self._publish(final, step, extra)
         distributed.barrier()
         self._last_save, self._last_step = time.monotonic(), step
-        self.ctx.last_checkpoint = str(final)
+        self.ctx.progress.last_checkpoint = str(final)
         return final
 
     def _publish(self, final: Path, step: int, extra: dict[str, Any]) -> None:

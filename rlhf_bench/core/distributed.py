@@ -15,7 +15,7 @@ on CUDA). One process, no launcher: everything here is a no-op.
         and step (``train.optimizer_step``); checkpoints hold the whole optimizer state
         (``full_zero_optimizer_state``), as a 1-process run's. ZeRO-3 (sharded parameters) is
         fsdp's job here.
-  fsdp  the models loaded by every process together (``RunContext``'s loaders, while
+  fsdp  the models loaded by every process together (``Run``'s loaders, while
         ``sharding()``) are sharded with FSDP2 (``shard_model``): each process keeps 1/N of
         every parameter, all-gathers a layer's for its forward and backward and reduce-scatters
         its gradients (their mean: FSDP's own, so ``average_gradients`` leaves them alone).

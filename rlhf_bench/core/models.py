@@ -262,6 +262,11 @@ def add_lora(model: torch.nn.Module, cfg: LoRAConfig, seed: int) -> torch.nn.Mod
     return peft_model
 
 
+def has_lora(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a LoRA policy (``add_lora``'s peft model)."""
+    return hasattr(model, "peft_config")
+
+
 class AdaptersDisabled(torch.nn.Module):
     """The base model of a LoRA policy as a module of its own: every call runs with the adapters off.
 

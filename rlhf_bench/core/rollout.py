@@ -342,7 +342,7 @@ def response_logprobs(
     policy could lower its measured KL by moving mass onto tokens it can never emit (the exact toy
     world showed PPO doing so). A response token that is itself banned (data not sampled by us)
     keeps its unmasked log-prob rather than -inf. Values at masked positions are meaningless; mask
-    them before use. Use ``RunContext.logprobs``, which passes the run's banned tokens.
+    them before use. Use ``Run.logprobs``, which passes the run's banned tokens.
     """
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask).float()
     if temperature != 1.0:  # x / 1.0 == x: skip a pass over [B, R, V] (and its backward)

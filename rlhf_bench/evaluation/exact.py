@@ -4,7 +4,7 @@ Where every response y to a prompt x can be listed (A symbols, length L: N = A**
 the quantities that elsewhere are Monte-Carlo estimates are sums:
 
     log pi(y|x)            = sum_t log softmax(logits_t / T)[y_t] over the allowed symbols only,
-                             exactly the distribution ``RunContext.sample`` draws from
+                             exactly the distribution ``Run.sample`` draws from
     KL(pi || pi_ref)       = sum_y pi(y) (log pi(y) - log pi_ref(y))
     E_pi[r]                = sum_y pi(y) r(y)
 

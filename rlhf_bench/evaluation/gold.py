@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 from rlhf_bench.config import EvalConfig
 from rlhf_bench.core.ops import masked_sum
 from rlhf_bench.core.train import batches
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 
 @torch.no_grad()
 def _samples(
-    ctx: RunContext,
+    ctx: Run,
     model,
     ref,
     reward,
@@ -109,7 +109,7 @@ def _summary(samples: dict[str, torch.Tensor], opponent_gold: torch.Tensor) -> d
     }
 
 
-def evaluate(ctx: RunContext, policy, ref, reward, cfg: EvalConfig, seed: int) -> dict[str, dict[str, float]]:
+def evaluate(ctx: Run, policy, ref, reward, cfg: EvalConfig, seed: int) -> dict[str, dict[str, float]]:
     """Metrics of ``policy`` and of the SFT reference ``ref`` on ``cfg.n_prompts`` held-out prompts."""
     pool = ctx.task.eval_prompts
     prompts = [pool[i % len(pool)] for i in range(cfg.n_prompts)]

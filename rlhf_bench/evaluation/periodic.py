@@ -21,13 +21,13 @@ import torch
 
 from rlhf_bench.evaluation import exact
 from rlhf_bench.evaluation.gold import _samples, _summary
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 SEED_OFFSET = 20_000  # the evaluation's generators: apart from training's and the final evaluation's
 
 
 @contextmanager
-def uncounted(ctx: RunContext):
+def uncounted(ctx: Run):
     """Sampling and scoring inside are evaluation, not the method's cost: the counters are restored."""
     cost = ctx.cost
     spent = (cost.tokens_generated, cost.reward_model_queries)
@@ -40,7 +40,7 @@ def uncounted(ctx: RunContext):
 class PeriodicEval:
     """``probe(policy) -> {"eval/gold_reward": ..., ...}`` for a causal-LM policy."""
 
-    def __init__(self, ctx: RunContext, ref: torch.nn.Module, reward):
+    def __init__(self, ctx: Run, ref: torch.nn.Module, reward):
         self.ctx, self.ref, self.reward, self.cfg = ctx, ref, reward, ctx.cfg.eval
         pool = ctx.task.eval_prompts
         self.prompts = [pool[i % len(pool)] for i in range(self.cfg.n_prompts)]

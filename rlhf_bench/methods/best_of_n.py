@@ -19,7 +19,7 @@ import torch
 from rlhf_bench.core import distributed
 from rlhf_bench.errors import require
 from rlhf_bench.rewards.reward import load_run_reward
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 from rlhf_bench.training.groups import select_best
 
 
@@ -55,7 +55,7 @@ class BestOfN:
         self.analytic_kl = analytic_kl(n)
 
     @torch.no_grad()
-    def sample(self, ctx: RunContext, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generator=None):
+    def sample(self, ctx: Run, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generator=None):
         ids = prompt_ids.repeat_interleave(self.n, dim=0)
         mask = prompt_mask.repeat_interleave(self.n, dim=0)
         response_ids, response_mask = ctx.sample(self.model, ids, mask, self.temperature, generator)
@@ -76,7 +76,7 @@ class BestOfN:
         (folder / "best_of_n.json").write_text(json.dumps(spec, indent=2))
 
 
-def train(ctx: RunContext, cfg: BestOfNConfig) -> BestOfN:
+def train(ctx: Run, cfg: BestOfNConfig) -> BestOfN:
     """Nothing to train: the SFT policy and the reward model, composed (whole on every process
     under fsdp: the main process samples from them alone in the evaluation)."""
     with distributed.whole_models():

@@ -41,7 +41,7 @@ from rlhf_bench.core.train import batches, check_finite, make_optimizer, optimiz
 from rlhf_bench.errors import require, require_choice
 from rlhf_bench.evaluation.periodic import PeriodicEval
 from rlhf_bench.rewards.reward import load_run_reward, value_init_member
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 
 @dataclass
@@ -108,7 +108,7 @@ class PPOConfig:
         }
 
 
-def load_value_model(ctx: RunContext, init: str, reward) -> torch.nn.Module:
+def load_value_model(ctx: Run, init: str, reward) -> torch.nn.Module:
     """A per-token value model: from the reward model (its head rescaled to the normalised
     score, so V starts at the expected reward), or from the SFT policy with a fresh head. The
     backbone loads from the reward model's folder in fp32; the head is the frozen reward model's
@@ -223,10 +223,10 @@ def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: PPORollout, gene
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
-def train(ctx: RunContext, cfg: PPOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: PPOConfig) -> torch.nn.Module:
     """Run PPO from the SFT policy against the reward model; return the trained policy."""
     policy = ctx.load_policy().train()
-    ref = ctx.load_reference()
+    ref = ctx.load_reference(policy)
     reward = load_run_reward(ctx)
     value = load_value_model(ctx, cfg.value_init, reward).train()
     optimizer = make_optimizer(

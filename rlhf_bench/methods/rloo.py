@@ -70,7 +70,7 @@ def rloo_loss(sequence_logprobs: torch.Tensor, advantages: torch.Tensor) -> torc
 
 def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
-    ref, reward = ctx.load_reference(), load_run_reward(ctx)
+    ref, reward = ctx.load_reference(policy), load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
     prompt_gen, sample_gen = ctx.generators()
 

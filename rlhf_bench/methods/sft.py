@@ -24,7 +24,7 @@ from rlhf_bench.core.train import (
     optimizer_step,
     warmup_linear_schedule,
 )
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 from rlhf_bench.tasks.data import DataError
 
 
@@ -60,7 +60,7 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
 
 
 def train_sft(
-    ctx: RunContext,
+    ctx: Run,
     cfg: SFTConfig,
     base_path: str,
     out_dir: Path,
@@ -130,6 +130,6 @@ class SFTMethodConfig:
         return {"kl_in": "none (the reference itself)"}
 
 
-def train(ctx: RunContext, cfg: SFTMethodConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: SFTMethodConfig) -> torch.nn.Module:
     """Return the SFT policy unchanged (a fresh copy, so that it is evaluated like any method)."""
     return ctx.load_policy()

@@ -32,6 +32,8 @@ METRICS = {
 }
 SHOWN = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
 EXACT = ("regret",)  # shown when some row has it (runs on an enumerable task)
+
+
 def t95(dof: int) -> float:
     """The two-sided 95% quantile of Student's t with ``dof`` degrees of freedom (scipy's)."""
     from scipy.stats import t

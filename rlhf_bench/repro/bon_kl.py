@@ -282,7 +282,7 @@ def toy_worlds(ctx, model, reward, temperatures: list[float], batch_size: int = 
 
 # --- the run's models ----------------------------------------------------------------------------
 def run_context(record: dict[str, Any]):
-    """The RunContext of a finished run, its cached SFT and reward-model stages resolved again."""
+    """The Run of a finished run, its cached SFT and reward-model stages resolved again."""
     from rlhf_bench import pipeline
     from rlhf_bench.compose import load_config
     from rlhf_bench.core.device import resolve_device, resolve_dtype
@@ -291,9 +291,7 @@ def run_context(record: dict[str, Any]):
     cfg = load_config(record["overrides"])
     device = resolve_device(cfg.device)
     tracker = Tracker(replace(cfg.logger, mode="disabled"), Path("."), record["run_id"], record["run_id"], {})
-    ctx = pipeline.base_stage(cfg, tracker, device, resolve_dtype(cfg.precision, device))
-    pipeline.preparation_stages(ctx)
-    return ctx
+    return pipeline.run_from_record(record, cfg, tracker, device, resolve_dtype(cfg.precision, device))
 
 
 # --- the checks ----------------------------------------------------------------------------------

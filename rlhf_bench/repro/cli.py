@@ -129,14 +129,19 @@ def reproduce(claim, args) -> int:
         overrides=list(args.overrides),
         reuse=not args.fresh,
     )
-    try:  # a bad override is caught before anything trains
-        for experiment in claim.experiments or [None]:
-            load_config([*([f"experiment={experiment}"] if experiment else []), *session.overrides])
-    except Exception as exc:  # Hydra's and our config errors: one line naming the key
-        from rlhf_bench.config_errors import explain_config_error
+    from rlhf_bench.config_errors import explain_config_error, validate_overrides
 
-        console.print(escape(explain_config_error(exc, session.overrides)), style="red", highlight=False)
-        return 2
+    for experiment in claim.experiments or [None]:  # a bad override is caught before anything trains
+        overrides = [*([f"experiment={experiment}"] if experiment else []), *session.overrides]
+        try:
+            message = validate_overrides(overrides)
+            if message is None:
+                load_config(overrides)
+        except Exception as exc:  # Hydra's and our config errors: one line naming the key
+            message = explain_config_error(exc, overrides)
+        if message is not None:
+            console.print(escape(message), style="red", highlight=False)
+            return 2
     console.print(f"[bold]rlhf-bench-repro[/bold] {claim.name}: {claim.title} ({claim.paper}, {claim.source})")
     start = time.perf_counter()
     outcome = runner(session)

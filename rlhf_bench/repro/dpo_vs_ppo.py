@@ -186,26 +186,12 @@ def run_sweep(session: Session, task: str, sweep: dict, quick: dict | None) -> t
 def exact_frontier(record: dict):
     """The exact reward-KL frontier of a toy run's world, rebuilt from its config and SFT policy
     (as ``exact.run_metrics`` builds it; every run of the sweep shares it)."""
-    from hydra.utils import get_class
-
     from rlhf_bench.compose import load_config
-    from rlhf_bench.core import models
-    from rlhf_bench.core.device import resolve_device
     from rlhf_bench.evaluation import exact
-    from rlhf_bench.run import RunContext
+    from rlhf_bench.pipeline import run_from_record
 
-    cfg = load_config(record["overrides"])
-    task = get_class(cfg.task._target_)(cfg.task)
-    tokenizer = models.load_tokenizer(record["artifacts"]["base"]["path"], None, False)
-    ctx = RunContext(
-        cfg=cfg,
-        task=task,
-        tokenizer=tokenizer,
-        device=resolve_device(cfg.device),
-        dtype=None,
-        tracker=None,
-        sft_path=record["artifacts"]["sft"]["path"],
-    )
+    ctx = run_from_record(record, load_config(record["overrides"]))
+    task, cfg = ctx.task, ctx.cfg
     ref, token_ids, length = ctx.load_reference(), ctx.response_token_ids(), task.max_response_tokens
     symbols = exact.all_responses(len(token_ids), length)
     worlds = [

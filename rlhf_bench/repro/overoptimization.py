@@ -166,17 +166,12 @@ def rises_then_falls(gain, proxy, drop: float) -> tuple[bool, str]:
 
 # --- the measurements ------------------------------------------------------------------------
 def stage_context(record: dict[str, Any]):
-    """A RunContext on the stages a finished run used (its SFT policy and reward model), rebuilt
+    """A Run on the stages a finished run used (its SFT policy and reward model), rebuilt
     from the run's own overrides; the cached base stage gives the tokenizer."""
     from rlhf_bench import pipeline
     from rlhf_bench.compose import load_config
-    from rlhf_bench.core.device import resolve_device
 
-    cfg = load_config(record["overrides"])
-    ctx = pipeline.base_stage(cfg, None, resolve_device(cfg.device), None)
-    ctx.sft_path = record["artifacts"]["sft"]["path"]
-    ctx.reward_model_path = record["artifacts"]["reward_model"]["path"]
-    return ctx
+    return pipeline.run_from_record(record, load_config(record["overrides"]))
 
 
 @dataclass

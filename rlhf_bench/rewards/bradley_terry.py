@@ -34,7 +34,7 @@ from rlhf_bench.core.train import (
 from rlhf_bench.errors import require
 from rlhf_bench.rewards.preferences import EncodedPairs, load_pairs, pair_batch
 from rlhf_bench.rewards.reward import ModelReward, Normalization, write_spec
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 
 @dataclass
@@ -102,7 +102,7 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
 
 
 def pair_rewards(
-    ctx: RunContext, model: torch.nn.Module, pairs: EncodedPairs, index: torch.Tensor
+    ctx: Run, model: torch.nn.Module, pairs: EncodedPairs, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the chosen and rejected responses of the pairs ``index``, in one forward pass: ([n], [n])."""
     with ctx.autocast():
@@ -111,7 +111,7 @@ def pair_rewards(
 
 
 @torch.no_grad()
-def pair_accuracy(ctx: RunContext, reward, pairs: EncodedPairs, batch_size: int) -> dict[str, float]:
+def pair_accuracy(ctx: Run, reward, pairs: EncodedPairs, batch_size: int) -> dict[str, float]:
     """Held-out accuracy of any reward against the annotator's labels and against the gold ordering."""
     margins = []
     for idx in batches(len(pairs), batch_size, shuffle=False):
@@ -126,7 +126,7 @@ def pair_accuracy(ctx: RunContext, reward, pairs: EncodedPairs, batch_size: int)
 
 
 @torch.no_grad()
-def normalization(ctx: RunContext, reward, n: int, seed: int) -> Normalization:
+def normalization(ctx: Run, reward, n: int, seed: int) -> Normalization:
     """Mean and std of a reward's raw score on responses the SFT policy samples for ``n`` training
     prompts; ``reward`` is any ``(ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> [B]``."""
     sft = ctx.load_policy(lora=False).eval()
@@ -147,7 +147,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def fit_reward_model(
-    ctx: RunContext,
+    ctx: Run,
     cfg: BradleyTerryConfig,
     train_pairs: EncodedPairs,
     eval_pairs: EncodedPairs,
@@ -162,7 +162,7 @@ def fit_reward_model(
     save it to ``out_dir``; return its held-out accuracies and normalisation. Checkpoints go to
     ``checkpoints`` (resumed from if present)."""
     torch.manual_seed(seed)  # the new head's initialisation
-    model = ctx.load_scalar_model(ctx.reward_backbone_path or ctx.sft_path, per_token=False)
+    model = ctx.load_scalar_model((ctx.stages.reward_backbone or ctx.stages.sft).path, per_token=False)
     schedule = epoch_batches(len(train_pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(seed))
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
     scheduler = warmup_linear_schedule(optimizer, cfg.warmup_steps, len(schedule))
@@ -231,7 +231,7 @@ def model_spec(info: dict[str, float], path: str = ".") -> dict:
 
 
 def train(
-    ctx: RunContext, cfg: BradleyTerryConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
+    ctx: Run, cfg: BradleyTerryConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
 ) -> dict[str, float]:
     """Train on ``pairs_dir/train.jsonl``, evaluate on ``eval.jsonl``, save to ``out_dir``."""
     train_pairs, eval_pairs = load_pairs(ctx, pairs_dir)

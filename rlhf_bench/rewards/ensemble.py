@@ -22,7 +22,7 @@ from rlhf_bench.rewards.bradley_terry import (
     pair_accuracy,
 )
 from rlhf_bench.rewards.reward import AGGREGATIONS, load_reward, write_spec
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 
 @dataclass
@@ -40,7 +40,7 @@ class EnsembleConfig(BradleyTerryConfig):
 
 
 def train(
-    ctx: RunContext, cfg: EnsembleConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
+    ctx: Run, cfg: EnsembleConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
 ) -> dict[str, float]:
     train_pairs, eval_pairs = load_pairs(ctx, pairs_dir)
     specs, member_info = [], []

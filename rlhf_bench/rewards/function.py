@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rlhf_bench.rewards.bradley_terry import load_pairs, pair_accuracy
 from rlhf_bench.rewards.reward import load_reward, write_spec
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 from rlhf_bench.tasks.judges import RewardFunctionError, check_target  # noqa: F401 (RewardFunctionError: raised here)
 
 
@@ -29,9 +29,7 @@ class FunctionRewardConfig:
         check_target(self.target, "reward_model.target")
 
 
-def train(
-    ctx: RunContext, cfg: FunctionRewardConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None
-) -> dict[str, float]:
+def train(ctx: Run, cfg: FunctionRewardConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None) -> dict[str, float]:
     """Nothing to train: check the function on the held-out pairs and write the spec."""
     _, eval_pairs = load_pairs(ctx, pairs_dir)
     write_spec(out_dir, {"kind": "function", "target": cfg.target})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rlhf_bench.rewards.bradley_terry import load_pairs, pair_accuracy
 from rlhf_bench.rewards.reward import load_reward, write_spec
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 
 @dataclass
@@ -21,7 +21,7 @@ class GoldConfig:
     batch_size: int = 128
 
 
-def train(ctx: RunContext, cfg: GoldConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None) -> dict[str, float]:
+def train(ctx: Run, cfg: GoldConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None) -> dict[str, float]:
     _, eval_pairs = load_pairs(ctx, pairs_dir)
     write_spec(out_dir, {"kind": "gold"})
     return pair_accuracy(ctx, load_reward(ctx, out_dir), eval_pairs, cfg.batch_size)

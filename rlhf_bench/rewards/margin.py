@@ -23,7 +23,7 @@ from rlhf_bench.rewards.bradley_terry import (
     model_spec,
 )
 from rlhf_bench.rewards.reward import write_spec
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 
 @dataclass
@@ -43,7 +43,7 @@ def margin_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, ma
 
 
 def train(
-    ctx: RunContext, cfg: MarginConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
+    ctx: Run, cfg: MarginConfig, pairs_dir: Path, out_dir: Path, checkpoints: Path | None = None
 ) -> dict[str, float]:
     train_pairs, eval_pairs = load_pairs(ctx, pairs_dir)
     # margins given with the data win; else the margin of the stated preference strength

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rlhf_bench.config import PreferenceConfig
 from rlhf_bench.core.rollout import Samples, pad
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 from rlhf_bench.tasks.data import read_jsonl
 
 # |gold(a) - gold(b)| above each threshold raises the stated preference strength by one:
@@ -78,7 +78,7 @@ def _label(cfg: PreferenceConfig, gold_a, gold_b, generator) -> tuple[torch.Tens
     return prefers_a, strength, who.long(), torch.ones(n, dtype=bool)
 
 
-def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig, generator, desc: str) -> list[dict]:
+def _label_pairs(ctx: Run, sft, prompts: list[str], cfg: PreferenceConfig, generator, desc: str) -> list[dict]:
     """``cfg.samples_per_prompt`` SFT samples of each prompt; every two of them (i < j) a labelled pair."""
     pairs = []
     sample_gen = torch.Generator(device=ctx.device).manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
@@ -118,7 +118,7 @@ def _label_pairs(ctx: RunContext, sft, prompts: list[str], cfg: PreferenceConfig
     return pairs
 
 
-def sample_preferences(ctx: RunContext, cfg: PreferenceConfig, out_dir: Path) -> dict[str, float]:
+def sample_preferences(ctx: Run, cfg: PreferenceConfig, out_dir: Path) -> dict[str, float]:
     """Write ``train.jsonl`` (train prompts) and ``eval.jsonl`` (held-out prompts) to ``out_dir``."""
     task = ctx.task
     if getattr(task, "preference_pairs", None) is not None:
@@ -162,7 +162,7 @@ def stage_key(cfg: PreferenceConfig) -> dict:
     return {k: v for k, v in key.items() if k not in ADDED_OPTIONS or v != ADDED_OPTIONS[k]}
 
 
-def write_user_pairs(ctx: RunContext, out_dir: Path) -> dict[str, float]:
+def write_user_pairs(ctx: Run, out_dir: Path) -> dict[str, float]:
     """The user's own pairs as the stage's ``train.jsonl`` / ``eval.jsonl``, each with the gold
     reward of both responses (to measure how often the labels agree with the gold judge)."""
     info: dict[str, float] = {}
@@ -198,7 +198,7 @@ class EncodedPairs:
         return len(self.prompts)
 
 
-def encode_pairs(ctx: RunContext, rows: list[dict]) -> EncodedPairs:
+def encode_pairs(ctx: Run, rows: list[dict]) -> EncodedPairs:
     eos = ctx.tokenizer.eos_token_id
 
     def response(text: str, ended: bool) -> list[int]:
@@ -222,7 +222,7 @@ def encode_pairs(ctx: RunContext, rows: list[dict]) -> EncodedPairs:
     )
 
 
-def pair_batch(ctx: RunContext, pairs: EncodedPairs, index: torch.Tensor) -> Samples:
+def pair_batch(ctx: Run, pairs: EncodedPairs, index: torch.Tensor) -> Samples:
     """The pairs ``index`` as 2n rows: the n chosen, then the n rejected."""
     rows = index.tolist()
     prompts = [pairs.prompts[i] for i in rows]
@@ -232,7 +232,7 @@ def pair_batch(ctx: RunContext, pairs: EncodedPairs, index: torch.Tensor) -> Sam
     return Samples(prompt_ids, prompt_mask, response_ids, response_mask)
 
 
-def load_pairs(ctx: RunContext, pairs_dir: Path | str) -> tuple[EncodedPairs, EncodedPairs]:
+def load_pairs(ctx: Run, pairs_dir: Path | str) -> tuple[EncodedPairs, EncodedPairs]:
     return encode_pairs(ctx, read_jsonl(Path(pairs_dir) / "train.jsonl")), encode_pairs(
         ctx, read_jsonl(Path(pairs_dir) / "eval.jsonl")
     )

@@ -23,7 +23,7 @@ from rlhf_bench.errors import require, require_choice
 from rlhf_bench.rewards.bradley_terry import RewardModelTooWeak, normalization, pair_accuracy
 from rlhf_bench.rewards.preferences import load_pairs
 from rlhf_bench.rewards.reward import Normalization, load_pretrained_reward, write_spec
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 
 INPUT_FORMATS = ("concat", "pair", "chat")
 
@@ -78,9 +78,7 @@ def _spec(cfg: PretrainedRewardConfig) -> dict[str, Any]:
     }
 
 
-def train(
-    ctx: RunContext, cfg: PretrainedRewardConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None
-) -> dict[str, Any]:
+def train(ctx: Run, cfg: PretrainedRewardConfig, pairs_dir: Path, out_dir: Path, _checkpoints=None) -> dict[str, Any]:
     """Measure the classifier on ``pairs_dir/eval.jsonl`` and on SFT samples; write its spec to ``out_dir``."""
     require(cfg.name_or_path not in ("", MISSING), "reward_model.name_or_path", "must name a hub model or a folder")
     spec = _spec(cfg)

@@ -143,7 +143,7 @@ def load_reward(ctx, folder: str | Path):
 
 def load_run_reward(ctx):
     """The reward the run's method optimises: its reward-model stage's folder, loaded."""
-    return load_reward(ctx, ctx.reward_model_path)
+    return load_reward(ctx, ctx.stages.reward_model.path)
 
 
 def _load_member(ctx, folder: Path, norm: Normalization) -> ModelReward:

@@ -21,7 +21,7 @@ policy that optimises it overoptimises the gold reward.
 
 The tokenizer is the task's own (``build_tokenizer``): a word-level vocabulary of the special
 tokens, the letters and the separator. ``response_vocabulary`` tells the sampler
-(``RunContext.sample``) that a response holds these letters only; with EOS excluded, every
+(``Run.sample``) that a response holds these letters only; with EOS excluded, every
 response is exactly ``response_length`` tokens and carries no EOS (a full-length response, as
 a truncated one elsewhere). The task needs the tiny model (``model.name_or_path=null``).
 """

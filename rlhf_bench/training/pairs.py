@@ -4,7 +4,7 @@ Each method supplies a ``PairObjective``: its loss as a function of the sequence
 log-probabilities of the chosen and rejected responses under the policy (and the frozen SFT
 reference), and, as data, whether it reads the reference and which rows it scores. The loop
 does the batching, the forward passes, the optimiser and the logging (``core.loop``). It trains on the same pairs
-the reward model was trained on (``ctx.preferences_path``).
+the reward model was trained on (``ctx.stages.preferences.path``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class PairLogps:
 
 def sequence_logps(ctx, model, batch: Samples, average: bool) -> torch.Tensor:
     """[B] log pi(y|x) summed over response tokens, or averaged over them when ``average``
-    (under the distribution the run samples from: ``RunContext.logprobs``)."""
+    (under the distribution the run samples from: ``Run.logprobs``)."""
     logp, _ = ctx.logprobs(model, *batch.inputs())
     mask = batch.response_mask.float()
     total = masked_sum(logp, mask, dim=-1)
@@ -154,9 +154,9 @@ def train_on_pairs(ctx, cfg: OfflineConfig, objective: PairObjective):
     The reference's log-probs of the pairs are computed once up front, unless the objective's
     rows depend on the batch (KTO): there the reference runs on every batch.
     """
-    pairs, _ = load_pairs(ctx, ctx.preferences_path)
+    pairs, _ = load_pairs(ctx, ctx.stages.preferences.path)
     policy = ctx.load_policy().train()
-    ref = ctx.load_reference() if objective.reference else None
+    ref = ctx.load_reference(policy) if objective.reference else None
     per_batch = objective.rows is not chosen_and_rejected
     ref_pairs = None
     if ref is not None and not per_batch:

@@ -15,7 +15,7 @@ from rlhf_bench.core import models
 from rlhf_bench.core.rollout import response_logits, response_logprobs
 from rlhf_bench.errors import ConfigError
 from rlhf_bench.evaluation import exact
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run
 from rlhf_bench.tasks.toy import ToyTask, ToyTaskConfig
 
 # pi_ref over the 4 responses aa, ab, ba, bb of a 2-symbol alphabet, L = 2, and a reward with a tied argmax
@@ -47,7 +47,7 @@ def _tiny_world(alphabet=4, length=3, seed=0, **task_kwargs):
 
 def _context(task, tok):
     cfg = load_config(["task=toy", "device=cpu"])
-    return RunContext(cfg=cfg, task=task, tokenizer=tok, device=torch.device("cpu"), dtype=None, tracker=None)
+    return Run(cfg=cfg, task=task, tokenizer=tok, device=torch.device("cpu"), dtype=None, tracker=None)
 
 
 # --- sums over the response space --------------------------------------------------------

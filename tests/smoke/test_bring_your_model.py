@@ -15,7 +15,7 @@ from rlhf_bench.core import models
 from rlhf_bench.core.rollout import generate, pad, response_logprobs
 from rlhf_bench.errors import ConfigError
 from rlhf_bench.rewards.reward import PretrainedReward, load_reward
-from rlhf_bench.run import RunContext
+from rlhf_bench.run import Run, Stage, Stages
 from rlhf_bench.tasks.sentiment import SentimentTask, SentimentTaskConfig
 
 PROMPTS = ["The movie was", "I watched this film and", "Honestly, the acting", "This story"]
@@ -37,23 +37,22 @@ def sft_folders(tiny_lm, tmp_path_factory):
     return folders
 
 
-def make_ctx(folder: Path, tokenizer, *overrides: str, dtype: torch.dtype | None = None) -> RunContext:
+def make_ctx(folder: Path, tokenizer, *overrides: str, dtype: torch.dtype | None = None) -> Run:
     """A run context on CPU whose SFT checkpoint is ``folder`` (no pipeline: just the loaders);
     ``dtype``: autocast's (bf16 precision), None for fp32."""
     cfg = load_config(["device=cpu", "logger.mode=disabled", *overrides])
-    return RunContext(
+    return Run(
         cfg=cfg,
         task=SimpleNamespace(max_response_tokens=8),
         tokenizer=tokenizer,
         device=torch.device("cpu"),
         dtype=dtype,
         tracker=None,
-        base_path=str(folder),
-        sft_path=str(folder),
+        stages=Stages(base=Stage(str(folder), "base"), sft=Stage(str(folder), "sft")),
     )
 
 
-def a_batch(ctx: RunContext) -> tuple[torch.Tensor, ...]:
+def a_batch(ctx: Run) -> tuple[torch.Tensor, ...]:
     """Four prompts and fixed random responses: (prompt_ids, prompt_mask, response_ids, response_mask)."""
     prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(PROMPTS))
     generator = torch.Generator().manual_seed(0)
@@ -72,8 +71,8 @@ def test_lora_reference_is_the_policy_base_with_adapters_off(sft_folders, tiny_l
     _, tok = tiny_lm
     ctx = make_ctx(sft_folders[arch], tok, "model.lora.enabled=true", "model.lora.r=4")
     policy = ctx.load_policy().train()
-    ref = ctx.load_reference()
-    assert ctx.lora_policy is policy
+    ref = ctx.load_reference(policy)
+    assert isinstance(ref, models.AdaptersDisabled)  # the policy itself, adapters off: no second model
     assert set(policy.peft_config["default"].target_modules) == targets  # peft's default for the architecture
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -116,8 +115,7 @@ def test_lora_only_for_the_method_policy(sft_folders, tiny_lm):
     ctx = make_ctx(folder, tok, "model.lora.enabled=true")
     assert all(p.requires_grad for p in ctx.load_policy(str(folder)).parameters())
     assert all(p.requires_grad for p in ctx.load_policy(lora=False).parameters())
-    assert ctx.lora_policy is None
-    ref = ctx.load_reference()  # no LoRA policy yet (best-of-n): the SFT checkpoint, frozen
+    ref = ctx.load_reference()  # no LoRA policy given (best-of-n): the SFT checkpoint, frozen
     assert not hasattr(ref, "peft_config") and not any(p.requires_grad for p in ref.parameters())
     plain = make_ctx(folder, tok)
     assert not hasattr(plain.load_policy(), "peft_config")
@@ -442,5 +440,5 @@ def test_under_bf16_the_frozen_models_hold_bf16_weights_and_the_trained_ones_fp3
 
     lora = make_ctx(folder, tok, "precision=bf16", "model.lora.enabled=true", dtype=torch.bfloat16)
     lora_policy = lora.load_policy()
-    assert dtypes(lora.load_reference()) == {torch.float32} == dtypes(lora_policy)
+    assert dtypes(lora.load_reference(lora_policy)) == {torch.float32} == dtypes(lora_policy)
     assert dtypes(make_ctx(folder, tok).load_reference()) == {torch.float32}

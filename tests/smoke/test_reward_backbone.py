@@ -32,11 +32,11 @@ def test_backbone_needs_the_tiny_model_and_sft(tmp_path):
     from rlhf_bench import pipeline
     from rlhf_bench.cli import load_config
     from rlhf_bench.errors import ConfigError
-    from rlhf_bench.run import RunContext
+    from rlhf_bench.run import Run
 
     def ctx(*overrides):
         cfg = load_config([f"paths.artifacts_dir={tmp_path}", "reward_model.backbone.n_layer=1", *overrides])
-        return RunContext(cfg=cfg, task=None, tokenizer=None, device=torch.device("cpu"), dtype=None, tracker=None)
+        return Run(cfg=cfg, task=None, tokenizer=None, device=torch.device("cpu"), dtype=None, tracker=None)
 
     with pytest.raises(ConfigError, match=r"reward_model.backbone needs sft.steps > 0"):
         pipeline.reward_backbone_stage(ctx("sft.steps=0"), {})

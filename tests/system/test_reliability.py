@@ -128,7 +128,7 @@ def _fault_config(root: Path, *extra: str):
     "target, quantity",
     [
         ("rlhf_bench.methods.ppo.clipped_policy_loss", "ppo/loss is nan at step 2"),
-        ("rlhf_bench.run.RunContext.score", "objective/score is nan at step 2"),
+        ("rlhf_bench.run.Run.score", "objective/score is nan at step 2"),
     ],
 )
 def test_nan_stops_the_stage_keeps_the_last_good_checkpoint_and_fails_the_record(

@@ -76,14 +76,14 @@ def _toy_context():
     """A small toy world (4 letters, 3 a response: 64 responses) and an untrained tiny GPT-2 on it."""
     from rlhf_bench.config import TinyModelConfig
     from rlhf_bench.core import models
-    from rlhf_bench.run import RunContext
+    from rlhf_bench.run import Run
     from rlhf_bench.tasks.toy import ToyTask, ToyTaskConfig
 
     models.quiet_transformers()
     task = ToyTask(ToyTaskConfig(alphabet=4, response_length=3, n_prompts=3, n_sft=16))
     tok = task.build_tokenizer()
     model = models.build_tiny_model(TinyModelConfig(n_layer=1, d_model=16, n_head=2, max_positions=32), tok, 0)
-    ctx = RunContext(
+    ctx = Run(
         cfg=load_config(["task=toy", "device=cpu"]),
         task=task,
         tokenizer=tok,
@@ -91,7 +91,7 @@ def _toy_context():
         dtype=None,
         tracker=None,
     )
-    ctx.load_policy = lambda lora=False: model  # the "SFT policy" the pairs are sampled from
+    object.__setattr__(ctx, "load_policy", lambda lora=False: model)  # the "SFT policy" the pairs are sampled from
     return ctx
 
 
