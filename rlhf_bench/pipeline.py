@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from rlhf_bench.config import Config
+from rlhf_bench.config import Config, to_plain
 from rlhf_bench.core import distributed
 from rlhf_bench.core.checkpoint import Preempted, manifest, preemption_handler, verify_manifest
 from rlhf_bench.errors import require
@@ -43,19 +42,6 @@ from rlhf_bench.tracking.record import (
 
 console = Console(stderr=True)
 STAGE_VERSION = 4  # bump when a stage's code changes what it produces
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses, enums and containers -> JSON-ready dicts, lists and scalars."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
 
 
 def config_hash(key: dict[str, Any]) -> str:
@@ -466,17 +452,15 @@ def prepare(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None, pr
     return preparation_stages(ctx)
 
 
-def run_from_record(record: dict[str, Any], cfg: Config | None = None, tracker=None, device=None, dtype=None) -> Run:
-    """The run of a finished record, rebuilt: its config (``cfg``, else composed from the record's
-    overrides), task and tokenizer, and the stages it used, found where the record says. Nothing is
+def run_from_record(record: dict[str, Any], cfg: Config, tracker=None, device=None, dtype=None) -> Run:
+    """The run of a finished record, rebuilt: its config (``cfg``: ``compose.load_config`` of the
+    record's overrides), task and tokenizer, and the stages it used, found where the record says. Nothing is
     trained: the reproductions use this to look again at a run's SFT policy and reward model."""
     from hydra.utils import get_class
 
     from rlhf_bench.core import models
     from rlhf_bench.core.device import resolve_device
 
-    if cfg is None:
-        raise ValueError("run_from_record needs the run's typed config (compose.load_config(record['overrides']))")
     artifacts = record["artifacts"]
     stages = Stages(
         **{

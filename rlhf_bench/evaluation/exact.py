@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhf_bench.core.ops import position_ids_from_mask
+from rlhf_bench.run import Run
 
 
 def all_responses(n_symbols: int, length: int) -> torch.Tensor:
@@ -239,7 +240,7 @@ def win_rate(logp: torch.Tensor, ref_logp: torch.Tensor, judge: torch.Tensor) ->
 
 # --- a run's exact metrics (the pipeline's evaluation on a task with ``response_vocabulary``) --
 @torch.no_grad()
-def _scores(ctx, reward, prompt_ids: list[int], response_ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _scores(ctx: Run, reward, prompt_ids: list[int], response_ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The reward (model) of every response of one prompt: [N] float64, as ``ctx.score`` gives it."""
     out = []
     for start in range(0, response_ids.shape[0], batch_size):
@@ -250,7 +251,7 @@ def _scores(ctx, reward, prompt_ids: list[int], response_ids: torch.Tensor, batc
     return torch.cat(out)
 
 
-def run_metrics(ctx, policy, ref, reward, temperature: float, batch_size: int = 512) -> dict[str, dict]:
+def run_metrics(ctx: Run, policy, ref, reward, temperature: float, batch_size: int = 512) -> dict[str, dict]:
     """Exact metrics of ``policy`` and of the SFT reference ``ref`` over the task's distinct eval prompts.
 
     For each: ``exact_kl``, ``exact_gold_reward``, ``exact_win_rate_vs_sft`` (gold, ties one half),

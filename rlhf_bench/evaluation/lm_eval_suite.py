@@ -22,6 +22,7 @@ from typing import Any
 
 from rlhf_bench.config import LM_EVAL_SUITE, LmEvalConfig, to_plain
 from rlhf_bench.core.logs import to_log_file
+from rlhf_bench.run import Run
 
 SUITE = LM_EVAL_SUITE
 SUITE_VERSION = 1.0
@@ -34,7 +35,7 @@ def _yaml(name: str, data: Path, body: str) -> str:
     )
 
 
-def write_suite(ctx, folder: Path, max_gen_toks: int) -> Path:
+def write_suite(ctx: Run, folder: Path, max_gen_toks: int) -> Path:
     """Write the suite's YAMLs, data and metric for ``ctx.task`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     task = ctx.task
@@ -111,7 +112,7 @@ def gold_process_results(doc: dict, results: list[str]) -> dict[str, float]:
     return {"gold_reward": task.gold_reward([doc["prompt"]], [results[0]])[0]}
 
 
-def evaluate(ctx, model, cfg: LmEvalConfig, folder: Path, log_file: Path | None = None) -> dict[str, Any]:
+def evaluate(ctx: Run, model, cfg: LmEvalConfig, folder: Path, log_file: Path | None = None) -> dict[str, Any]:
     """Run the suite on ``model``: {task: {metric: value, metric_stderr: value}, "_versions": {...}}.
     lm-eval's logs and progress bars go to ``log_file`` (the run's ``run.log``) when given."""
     from lm_eval import simple_evaluate

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_bench.errors import require
+from rlhf_bench.run import Run
 from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, implicit_reward_stats, train_on_pairs
 
 
@@ -48,7 +49,7 @@ def dpo_loss(
     return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
-def train(ctx, cfg: DPOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: DPOConfig) -> torch.nn.Module:
     def loss_fn(logps: PairLogps):
         losses = dpo_loss(
             logps.chosen, logps.rejected, logps.ref_chosen, logps.ref_rejected, cfg.beta, cfg.label_smoothing

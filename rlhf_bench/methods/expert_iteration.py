@@ -20,6 +20,7 @@ from rlhf_bench.core.rollout import Samples, pad
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
 from rlhf_bench.errors import require
 from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.run import Run
 from rlhf_bench.training.groups import sample_groups, select_best
 
 
@@ -45,7 +46,9 @@ class ExpertIterationConfig:
         return {"sequence_logprobs": "per-token mean (NLL)", "kl_in": "none", "sampling_temperature": self.temperature}
 
 
-def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature: float, generator, chunk: int = 64):
+def best_responses(
+    ctx: Run, policy, reward, prompts: list[str], k: int, temperature: float, generator, chunk: int = 64
+):
     """For each prompt, the best of k samples by the reward: (prompt ids, response ids, scores)."""
     kept_prompts, kept_responses, kept_scores = [], [], []
     for start in range(0, len(prompts), chunk):
@@ -59,7 +62,7 @@ def best_responses(ctx, policy, reward, prompts: list[str], k: int, temperature:
     return kept_prompts, kept_responses, torch.cat(kept_scores)
 
 
-def train(ctx, cfg: ExpertIterationConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: ExpertIterationConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     reward = load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)

@@ -24,6 +24,7 @@ from rlhf_bench.core.ops import masked_mean
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
 from rlhf_bench.errors import require, require_choice
 from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.run import Run
 from rlhf_bench.training.groups import sample_groups
 
 AGGREGATIONS = ("sequence", "token", "constant")
@@ -107,7 +108,7 @@ def grpo_loss(
     return loss, stats
 
 
-def train(ctx, cfg: GRPOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: GRPOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     ref, reward = ctx.load_reference(policy), load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)

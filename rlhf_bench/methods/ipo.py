@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.errors import require
+from rlhf_bench.run import Run
 from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, implicit_reward_stats, train_on_pairs
 
 
@@ -45,7 +46,7 @@ def ipo_loss(
     return (h - 1 / (2 * tau)) ** 2
 
 
-def train(ctx, cfg: IPOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: IPOConfig) -> torch.nn.Module:
     def loss_fn(logps: PairLogps):
         losses = ipo_loss(logps.chosen, logps.rejected, logps.ref_chosen, logps.ref_rejected, cfg.tau)
         return losses.mean(), implicit_reward_stats(logps, cfg.tau)

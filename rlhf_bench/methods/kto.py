@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.errors import require
+from rlhf_bench.run import Run
 from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, train_on_pairs, with_mismatched
 
 
@@ -62,7 +63,7 @@ def kto_loss(
     return losses.mean(), z0
 
 
-def train(ctx, cfg: KTOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: KTOConfig) -> torch.nn.Module:
     def loss_fn(logps: PairLogps):
         loss, z0 = kto_loss(
             logps.chosen,

@@ -147,7 +147,7 @@ class PPORollout:
 
 @torch.no_grad()
 def rollout(
-    ctx,
+    ctx: Run,
     cfg: PPOConfig,
     policy,
     ref,
@@ -192,7 +192,9 @@ def rollout(
     )
 
 
-def update(ctx, cfg: PPOConfig, policy, value, optimizer, data: PPORollout, generator, step: int) -> dict[str, float]:
+def update(
+    ctx: Run, cfg: PPOConfig, policy, value, optimizer, data: PPORollout, generator, step: int
+) -> dict[str, float]:
     """``ppo_epochs`` passes of minibatch updates on one rollout batch; mean stats."""
     stats: dict[str, list[float]] = defaultdict(list)
     minibatch = len(data) // cfg.num_minibatches

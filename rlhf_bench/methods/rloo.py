@@ -24,6 +24,7 @@ from rlhf_bench.core.ops import masked_mean, masked_sum
 from rlhf_bench.core.train import check_finite, make_optimizer, optimizer_step
 from rlhf_bench.errors import require, require_choice
 from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.run import Run
 from rlhf_bench.training.groups import sample_groups
 
 
@@ -68,7 +69,7 @@ def rloo_loss(sequence_logprobs: torch.Tensor, advantages: torch.Tensor) -> torc
     return -(advantages.detach() * sequence_logprobs).mean()
 
 
-def train(ctx, cfg: RLOOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: RLOOConfig) -> torch.nn.Module:
     policy = ctx.load_policy().train()
     ref, reward = ctx.load_reference(policy), load_run_reward(ctx)
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)

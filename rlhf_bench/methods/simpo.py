@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_bench.errors import require
+from rlhf_bench.run import Run
 from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, train_on_pairs
 
 
@@ -45,7 +46,7 @@ def simpo_loss(avg_chosen: torch.Tensor, avg_rejected: torch.Tensor, beta: float
     return -F.logsigmoid(beta * avg_chosen - beta * avg_rejected - gamma)
 
 
-def train(ctx, cfg: SimPOConfig) -> torch.nn.Module:
+def train(ctx: Run, cfg: SimPOConfig) -> torch.nn.Module:
     def loss_fn(logps: PairLogps):
         losses = simpo_loss(logps.chosen, logps.rejected, cfg.beta, cfg.gamma)
         with torch.no_grad():

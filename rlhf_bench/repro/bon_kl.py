@@ -50,6 +50,7 @@ import torch
 from rlhf_bench.evaluation import exact
 from rlhf_bench.repro.session import Check, Outcome, Session
 from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.run import Run
 from rlhf_bench.training.groups import select_best
 
 
@@ -156,7 +157,7 @@ def canonical_scores(response_ids: torch.Tensor, scores: torch.Tensor) -> tuple[
 
 
 @torch.no_grad()
-def sampler_logprobs(ctx, model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float):
+def sampler_logprobs(ctx: Run, model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float):
     """log pi(y) of each sampled response under the distribution ``ctx.sample`` draws from: the
     banned tokens (pad, BOS, UNK) masked out before the softmax at ``temperature``: [B] float64."""
     from rlhf_bench.core.rollout import response_logits
@@ -168,7 +169,7 @@ def sampler_logprobs(ctx, model, prompt_ids, prompt_mask, response_ids, response
 
 
 @torch.no_grad()
-def draw_pool(ctx, model, reward, prompt: str, size: int, temperature: float, generator, batch_size: int):
+def draw_pool(ctx: Run, model, reward, prompt: str, size: int, temperature: float, generator, batch_size: int):
     """``size`` draws of the sampler for ``prompt``: ([size, R] ids, [size] scores, [size] log pi)."""
     prompt_ids = ctx.encode_prompts([prompt])[0]
     width, pad = ctx.max_new_tokens, ctx.tokenizer.pad_token_id
@@ -182,7 +183,7 @@ def draw_pool(ctx, model, reward, prompt: str, size: int, temperature: float, ge
     return torch.cat(ids_out), torch.cat(scores_out), torch.cat(logp_out)
 
 
-def monte_carlo(ctx, model, reward, ns: list[int], pools: int, pool_size: int, batch_size: int, seed: int) -> dict:
+def monte_carlo(ctx: Run, model, reward, ns: list[int], pools: int, pool_size: int, batch_size: int, seed: int) -> dict:
     """KL and win rate of best-of-n for every n from ``pools`` pools (prompts) of ``pool_size`` draws."""
     temperature = ctx.cfg.method.temperature
     generator = torch.Generator(device=ctx.device).manual_seed(seed + 20_000)
@@ -215,7 +216,7 @@ def monte_carlo(ctx, model, reward, ns: list[int], pools: int, pool_size: int, b
     return {"curves": curves, "pools": pools, "pool_size": pool_size, "temperature": temperature, "pool": summary}
 
 
-def most_repeated(ctx, response_ids: torch.Tensor, scores: torch.Tensor) -> dict[str, Any]:
+def most_repeated(ctx: Run, response_ids: torch.Tensor, scores: torch.Tensor) -> dict[str, Any]:
     """The pool's most often drawn response: its text, its count and the share of the pool scoring below it."""
     _, inverse, counts = torch.unique(response_ids, dim=0, return_inverse=True, return_counts=True)
     i = int((inverse == counts.argmax()).nonzero()[0])
@@ -266,7 +267,7 @@ def exact_rows(worlds: list[dict], settings: list[tuple[str, float]], ns: list[i
 
 
 @torch.no_grad()
-def toy_worlds(ctx, model, reward, temperatures: list[float], batch_size: int = 512) -> list[dict]:
+def toy_worlds(ctx: Run, model, reward, temperatures: list[float], batch_size: int = 512) -> list[dict]:
     """Per distinct prompt of the toy task: log pi_T of every response for each T, its gold and RM scores."""
     task, token_ids = ctx.task, ctx.response_token_ids()
     symbols = exact.all_responses(len(token_ids), task.max_response_tokens)

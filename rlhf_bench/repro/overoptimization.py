@@ -53,6 +53,7 @@ import torch
 
 from rlhf_bench.repro.session import Check, Outcome, Session
 from rlhf_bench.rewards.reward import load_run_reward
+from rlhf_bench.run import Run
 
 
 # --- the estimator and the fits ------------------------------------------------------------
@@ -188,7 +189,7 @@ class Pool:
 
 
 @torch.no_grad()
-def sample_pool(ctx, size: int, seed: int, max_prompts: int, batch_size: int = 1024) -> Pool:
+def sample_pool(ctx: Run, size: int, seed: int, max_prompts: int, batch_size: int = 1024) -> Pool:
     """``size`` samples from the SFT policy (at ``eval.temperature``) for each distinct eval prompt."""
     ref = ctx.load_reference()
     generator = torch.Generator(device=ctx.device).manual_seed(seed)
@@ -208,7 +209,7 @@ def sample_pool(ctx, size: int, seed: int, max_prompts: int, batch_size: int = 1
 
 
 @torch.no_grad()
-def score_pool(ctx, pool: Pool) -> np.ndarray:
+def score_pool(ctx: Run, pool: Pool) -> np.ndarray:
     """[P, N] proxy scores of the pool under the context's reward model (normalised as in training)."""
     reward = load_run_reward(ctx)
     return np.stack(
@@ -243,7 +244,7 @@ def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns: list[int], bootstrap: int
 
 
 @torch.no_grad()
-def exact_bon_curve(ctx, ns: list[int], batch_size: int = 4096) -> dict[str, list]:
+def exact_bon_curve(ctx: Run, ns: list[int], batch_size: int = 4096) -> dict[str, list]:
     """Best-of-n of the SFT policy under the proxy, exactly, on an enumerable world (every response of
     every eval prompt scored by the proxy): the exact KL, gold and proxy for each n."""
     from rlhf_bench.evaluation import exact

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rlhf_bench.core.rollout import sequence_scores
+from rlhf_bench.run import Run
 from rlhf_bench.tasks.judges import TextClassifier, call_reward, load_classifier
 
 REWARD_SPEC = "reward.json"
@@ -41,7 +42,7 @@ class ModelReward:
         self.folder: str | None = None
 
     @torch.no_grad()
-    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def __call__(self, ctx: Run, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         with ctx.autocast():
             raw = sequence_scores(self.model, prompt_ids, prompt_mask, response_ids, response_mask)
         return self.norm(raw.float())
@@ -57,7 +58,7 @@ class EnsembleReward:
     def __init__(self, members: list[ModelReward], aggregation: str, lam: float):
         self.members, self.aggregation, self.lam = members, aggregation, lam
 
-    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def __call__(self, ctx: Run, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         scores = torch.stack([m(ctx, prompt_ids, prompt_mask, response_ids, response_mask) for m in self.members])
         return aggregate(scores, self.aggregation, self.lam)
 
@@ -76,7 +77,7 @@ def aggregate(scores: torch.Tensor, aggregation: str, lam: float = 0.0) -> torch
 class GoldReward:
     """The task's own gold reward as the training signal: an oracle with no reward-model error."""
 
-    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def __call__(self, ctx: Run, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         prompts = ctx.prompt_texts(prompt_ids, prompt_mask)
         return ctx.gold(prompts, response_ids, response_mask).to(response_ids.device)
 
@@ -87,7 +88,7 @@ class FunctionReward:
     def __init__(self, target: str):
         self.target = target
 
-    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def __call__(self, ctx: Run, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         prompts = ctx.prompt_texts(prompt_ids, prompt_mask)
         responses = ctx.decode(response_ids, response_mask)
         scores = call_reward(self.target, "reward_model.target", prompts, responses)
@@ -103,12 +104,12 @@ class PretrainedReward(TextClassifier):
         self.norm = norm
 
     @torch.no_grad()
-    def __call__(self, ctx, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def __call__(self, ctx: Run, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         prompts, responses = ctx.prompt_texts(prompt_ids, prompt_mask), ctx.decode(response_ids, response_mask)
         return self.norm(self.raw_scores(prompts, responses, ctx.device, ctx.autocast))
 
 
-def load_pretrained_reward(ctx, spec: dict[str, Any]) -> PretrainedReward:
+def load_pretrained_reward(ctx: Run, spec: dict[str, Any]) -> PretrainedReward:
     """The reward a ``pretrained`` spec describes, on the run's device."""
     model, tokenizer = load_classifier(spec, ctx.device)
     model = ctx.frozen(model)
@@ -120,7 +121,7 @@ def write_spec(folder: Path, spec: dict[str, Any]) -> None:
     (folder / REWARD_SPEC).write_text(json.dumps(spec, indent=2))
 
 
-def load_reward(ctx, folder: str | Path):
+def load_reward(ctx: Run, folder: str | Path):
     """The reward stored in a reward-model stage folder, on the run's device."""
     folder = Path(folder)
     spec = json.loads((folder / REWARD_SPEC).read_text())
@@ -141,12 +142,12 @@ def load_reward(ctx, folder: str | Path):
     raise ValueError(f"{folder / REWARD_SPEC}: unknown reward kind {kind!r}")
 
 
-def load_run_reward(ctx):
+def load_run_reward(ctx: Run):
     """The reward the run's method optimises: its reward-model stage's folder, loaded."""
     return load_reward(ctx, ctx.stages.reward_model.path)
 
 
-def _load_member(ctx, folder: Path, norm: Normalization) -> ModelReward:
+def _load_member(ctx: Run, folder: Path, norm: Normalization) -> ModelReward:
     model = ctx.load_scalar_model(str(folder), per_token=False, frozen=True)
     reward = ModelReward(model, norm)
     reward.folder = str(folder)

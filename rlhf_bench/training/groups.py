@@ -8,9 +8,12 @@ from __future__ import annotations
 import torch
 
 from rlhf_bench.core.rollout import Samples
+from rlhf_bench.run import Run
 
 
-def sample_groups(ctx, policy, prompts: list[str], k: int, temperature: float, generator) -> tuple[list[str], Samples]:
+def sample_groups(
+    ctx: Run, policy, prompts: list[str], k: int, temperature: float, generator
+) -> tuple[list[str], Samples]:
     """k responses for each prompt, consecutive: (the B*k prompts' texts, their B*k samples)."""
     repeated = [p for p in prompts for _ in range(k)]
     prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(repeated))

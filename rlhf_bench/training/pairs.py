@@ -28,6 +28,7 @@ from rlhf_bench.core.train import (
 )
 from rlhf_bench.errors import require
 from rlhf_bench.rewards.preferences import load_pairs, pair_batch
+from rlhf_bench.run import Run
 
 
 @dataclass
@@ -66,7 +67,7 @@ class PairLogps:
     ref_mismatched: torch.Tensor | None = None
 
 
-def sequence_logps(ctx, model, batch: Samples, average: bool) -> torch.Tensor:
+def sequence_logps(ctx: Run, model, batch: Samples, average: bool) -> torch.Tensor:
     """[B] log pi(y|x) summed over response tokens, or averaged over them when ``average``
     (under the distribution the run samples from: ``Run.logprobs``)."""
     logp, _ = ctx.logprobs(model, *batch.inputs())
@@ -124,7 +125,7 @@ class PairObjective:
     rows: Callable[[Samples], Samples] = chosen_and_rejected
 
 
-def _logps(ctx, model, pairs, idx, average: bool, rows=chosen_and_rejected):
+def _logps(ctx: Run, model, pairs, idx, average: bool, rows=chosen_and_rejected):
     """(chosen [n], rejected [n], extra rows [m] or None, tokens read) of the pairs ``idx``."""
     batch = rows(pair_batch(ctx, pairs, idx))
     n = len(idx)
@@ -135,7 +136,7 @@ def _logps(ctx, model, pairs, idx, average: bool, rows=chosen_and_rejected):
 
 
 @torch.no_grad()
-def reference_logps(ctx, ref, pairs, batch_size: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(ctx: Run, ref, pairs, batch_size: int, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen reference's sequence log-probs of every pair's chosen and rejected response,
     each [n]: computed once before training instead of once per epoch (the reference never
     changes and has no dropout, so the values are the same)."""
@@ -148,7 +149,7 @@ def reference_logps(ctx, ref, pairs, batch_size: int, average: bool) -> tuple[to
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def train_on_pairs(ctx, cfg: OfflineConfig, objective: PairObjective):
+def train_on_pairs(ctx: Run, cfg: OfflineConfig, objective: PairObjective):
     """Fine-tune the SFT policy on the preference pairs with ``objective``; return the policy.
 
     The reference's log-probs of the pairs are computed once up front, unless the objective's
