@@ -103,8 +103,26 @@ RM_FAST = ["reward_model.epochs=1", "reward_model.min_gold_accuracy=0", "reward_
 SHARED_ARTIFACTS = Path(tempfile.mkdtemp(prefix="rlhf-bench-test-artifacts-"))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist (``make test`` runs 2 workers), on the controller: every worker shares its folder;
+    a stage two workers want at once is built by one while the other waits (the stage cache's lock)."""
+    node.workerinput["rlhf_bench_artifacts"] = str(SHARED_ARTIFACTS)
+
+
+def pytest_configure(config):
+    global SHARED_ARTIFACTS
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: the controller's folder, one thread (2 workers, 2 cores)
+        shutil.rmtree(SHARED_ARTIFACTS, ignore_errors=True)
+        SHARED_ARTIFACTS = Path(workerinput["rlhf_bench_artifacts"])
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the processes its tests start
+        torch.set_num_threads(1)
+
+
 def pytest_unconfigure(config):
-    shutil.rmtree(SHARED_ARTIFACTS, ignore_errors=True)
+    if not hasattr(config, "workerinput"):  # the controller (or a run without workers) cleans up
+        shutil.rmtree(SHARED_ARTIFACTS, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,9 @@ from rlhf_bench.core import distributed, models
 from rlhf_bench.core.checkpoint import Checkpointer
 from rlhf_bench.core.ops import position_ids_from_mask
 from rlhf_bench.core.rollout import pad
-from rlhf_bench.core.train import Cost, optimizer_step
+from rlhf_bench.core.train import optimizer_step
 from rlhf_bench.methods.sft import next_token_loss
+from rlhf_bench.run import Progress
 from rlhf_bench.tracking.wandb_run import Tracker
 
 out, optimizer_name, (strategy, _, zero_stage) = sys.argv[1], sys.argv[2], sys.argv[3].partition(":")
@@ -67,9 +68,9 @@ def fresh():
 
 class Run:  # what a Checkpointer reads of a run
     device = torch.device("cpu")
-    cost = Cost()
+    progress = Progress()
+    cost = progress.cost
     tracker = Tracker(type("L", (), {"mode": "disabled"})(), Path("."), "x", "x", {})
-    last_checkpoint = None
 
 
 def checkpointer():

@@ -48,7 +48,8 @@ def test_groups_over_seeds_with_mean_std_ci(results):
     assert ppo["seeds"] == 3
     assert ppo["gold_reward"] == pytest.approx(0.8)
     assert ppo["gold_reward_std"] == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
-    assert ppo["gold_reward_ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student's t, 2 dof, two-sided 95%: (2p - 1) / sqrt(2p(1 - p))
+    assert ppo["gold_reward_ci95"] == pytest.approx(t2 * 0.1 / math.sqrt(3))
     assert math.isnan(table[1]["gold_reward_std"])  # one seed: no spread
 
 

@@ -242,14 +242,14 @@ def test_a_tampered_checkpoint_is_refused(tmp_path):
 
     from rlhf_bench.config import CheckpointConfig
     from rlhf_bench.core.checkpoint import Checkpointer
-    from rlhf_bench.core.train import Cost
+    from rlhf_bench.run import Progress
     from rlhf_bench.tracking.wandb_run import Tracker
 
-    class Ctx:
+    class Ctx:  # what a Checkpointer reads of a run
         device = torch.device("cpu")
-        cost = Cost()
+        progress = Progress()
+        cost = progress.cost
         tracker = Tracker(type("L", (), {"mode": "disabled"})(), tmp_path, "x", "x", {})
-        last_checkpoint = None
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
