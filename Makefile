@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
-# the suite runs in this many worker processes (pytest-xdist; each test file stays on one worker)
+# the suite runs in this many worker processes (pytest-xdist; an idle worker takes tests from the busy one)
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
@@ -36,10 +36,10 @@ run: $(VENV)/.installed  ## create the environment and run the default experimen
 	$(BIN)/rlhf-bench $(ARGS)
 
 test: $(VENV)/.installed-dev  ## create the environment with dev extras and run the test suite
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev  ## the test suite without the slow end-to-end tests
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 format: $(VENV)/.installed-dev  ## ruff format + fix
 	$(BIN)/ruff format rlhf_bench tests sweeps examples benchmarks
