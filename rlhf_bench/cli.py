@@ -18,8 +18,15 @@ from hydra.errors import CompactHydraException
 from rich.console import Console
 from rich.markup import escape
 
-from rlhf_bench.compose import compose, conf_dir, load_config, register_schemas, register_sweeps, sweeps_dir  # noqa: F401
-from rlhf_bench.config_errors import ConfigStructure, _walk, explain_config_error, validate_overrides  # noqa: F401
+from rlhf_bench.compose import (
+    compose,
+    conf_dir,
+    load_config,
+    register_schemas,
+    register_sweeps,
+    sweeps_dir,  # noqa: F401 (rlhf_bench.cli.sweeps_dir, as the docs name it)
+)
+from rlhf_bench.config_errors import ConfigStructure, explain_config_error, validate_overrides
 
 console = Console(stderr=True)
 EXIT_CONFIG_ERROR = 2
