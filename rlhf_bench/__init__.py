@@ -17,7 +17,7 @@ rewards     reward models and what they train on (preference pairs)
 evaluation  gold metrics, exact sums, lm-eval
 training    mechanics several methods share: group sampling, best-of-k, the pair loop
 methods     one file per method
-pipeline    the stages of a run, the stage cache, resume
+pipeline    the stages of a run and resume; ``stage_cache``: the content-addressed stage cache
 compose     Hydra: the config tree, schemas registered from it, composition, config errors
 repro       reproductions of published results; ``report``: leaderboards and plots
 cli         entry points
@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("rlhf_bench.evaluation",)),
     ("training", ("rlhf_bench.training",)),
     ("methods", ("rlhf_bench.methods",)),
-    ("pipeline", ("rlhf_bench.pipeline",)),
+    ("pipeline", ("rlhf_bench.pipeline", "rlhf_bench.stage_cache")),
     ("compose", ("rlhf_bench.compose", "rlhf_bench.config_errors")),
     ("repro", ("rlhf_bench.repro",)),
     ("report", ("rlhf_bench.report",)),

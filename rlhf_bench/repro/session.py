@@ -17,7 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rlhf_bench.config import to_plain
 from rlhf_bench.repro.registry import Claim
+from rlhf_bench.stage_cache import config_hash
 from rlhf_bench.tracking.record import RECORD_VERSION
 
 
@@ -69,7 +71,7 @@ class Session:
             *self.overrides,
         ]
         cfg = load_config(args)
-        record = self._finished(pipeline.config_hash(pipeline.to_plain(cfg))) if self.reuse else None
+        record = self._finished(config_hash(to_plain(cfg))) if self.reuse else None
         if record is None:
             record = pipeline.run(cfg, args)
         else:

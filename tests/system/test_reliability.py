@@ -279,7 +279,7 @@ def test_a_tampered_checkpoint_is_refused(tmp_path):
 _BUILDER = """
 import sys, time
 from pathlib import Path
-from rlhf_bench.pipeline import cached_stage
+from rlhf_bench.stage_cache import cached_stage
 
 root, log = Path(sys.argv[1]), Path(sys.argv[2])
 
