@@ -5,11 +5,13 @@ a whole run under torchrun or accelerate writes one record, from the main proces
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -123,21 +125,35 @@ def _free_port() -> int:
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 
 
+# A launch whose process aborts in gloo with this, and nothing else wrong, is run once more from
+# scratch (what it wrote removed). Seen twice in the accelerate test (once in ~60 runs last session,
+# once in the 5 full runs of 2026-12-04), in a process waiting for the main one to evaluate; cause not found.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def _launch(command, args: tuple[str, ...], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``command()`` (a fresh port each time it is called) for the launch of ``args``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command(), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0 and GLOO_ABORT in proc.stderr:
+        warnings.warn(f"a launched process aborted in gloo ({GLOO_ABORT!r}); launching once more", stacklevel=3)
+        for arg in args:  # the run's results and artifacts, so that the second launch starts afresh
+            key, _, folder = arg.partition("=")
+            if key in ("paths.results_dir", "paths.artifacts_dir"):
+                shutil.rmtree(folder, ignore_errors=True)
+        proc = subprocess.run(command(), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc
+
+
 def _accelerate(config: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``accelerate launch`` with one of examples/accelerate/*.yaml (2 processes)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / config)]
-    command += ["--main_process_port", str(_free_port()), *args]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return _launch(lambda: [*command, "--main_process_port", str(_free_port()), *args], args, cwd, timeout)
 
 
 def _torchrun(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    env = {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**__import__("os").environ, **env}
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    return _launch(lambda: [*command, "--master_port", str(_free_port()), *args], args, cwd, timeout)
 
 
 def _steps(tmp_path: Path, optimizer: str, strategy: str, *extra: str) -> None:
