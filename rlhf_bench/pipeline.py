@@ -288,7 +288,7 @@ def base_stage(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None 
         key = {"model": model_key(cfg), "task": task_key(task, cfg)}
         base = cached_stage(Path(cfg.paths.artifacts_dir), "base", key, build_base, cfg.checkpoint.verify_artifacts)
         progress.artifacts["base"] = _artifact(base)
-        base_stage_ = Stage(str(base.path), base.hash)
+        base_ref = Stage(str(base.path), base.hash)
     else:
         require(
             not hasattr(task, "build_tokenizer"),
@@ -297,8 +297,8 @@ def base_stage(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None 
             cfg.model.name_or_path,
         )
         digest = config_hash({"name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision})
-        base_stage_ = Stage(cfg.model.name_or_path, digest)
-    tokenizer = models.load_tokenizer(base_stage_.path, cfg.model.revision, cfg.model.trust_remote_code)
+        base_ref = Stage(cfg.model.name_or_path, digest)
+    tokenizer = models.load_tokenizer(base_ref.path, cfg.model.revision, cfg.model.trust_remote_code)
     return Run(
         cfg=cfg,
         task=task,
@@ -306,7 +306,7 @@ def base_stage(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None 
         device=device,
         dtype=dtype,
         tracker=tracker,
-        stages=Stages(base=base_stage_),
+        stages=Stages(base=base_ref),
         checkpoint_dir=checkpoint_dir,
         progress=progress,
     )

@@ -22,7 +22,7 @@ import torch
 
 from rlhf_bench.errors import require
 from rlhf_bench.run import Run
-from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, train_on_pairs, with_mismatched
+from rlhf_bench.training.pairs import OfflineConfig, PairLogps, PairObjective, mismatched_pairs, train_on_pairs
 
 
 @dataclass
@@ -86,4 +86,4 @@ def train(ctx: Run, cfg: KTOConfig) -> torch.nn.Module:
         }
         return loss, stats
 
-    return train_on_pairs(ctx, cfg, PairObjective("kto", loss_fn, rows=with_mismatched))
+    return train_on_pairs(ctx, cfg, PairObjective("kto", loss_fn, extra_rows=mismatched_pairs))

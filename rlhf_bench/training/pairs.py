@@ -2,7 +2,7 @@
 
 Each method supplies a ``PairObjective``: its loss as a function of the sequence
 log-probabilities of the chosen and rejected responses under the policy (and the frozen SFT
-reference), and, as data, whether it reads the reference and which rows it scores. The loop
+reference), and, as data, whether it reads the reference and which rows it scores besides the pairs. The loop
 does the batching, the forward passes, the optimiser and the logging (``core.loop``). It trains on the same pairs
 the reward model was trained on (``ctx.stages.preferences.path``).
 """
@@ -92,21 +92,12 @@ def implicit_reward_stats(logps: PairLogps, beta: float) -> dict[str, float]:
 LossFn = Callable[[PairLogps], tuple[torch.Tensor, dict[str, float]]]
 
 
-def chosen_and_rejected(pairs: Samples) -> Samples:
-    """The rows a pair loss reads: the n chosen responses, then the n rejected (``pair_batch``'s 2n rows)."""
-    return pairs
-
-
-def with_mismatched(pairs: Samples) -> Samples:
-    """The pair rows followed by n mismatched ones, (x_i, y_chosen of pair i+1): KTO's reference point."""
+def mismatched_pairs(pairs: Samples) -> Samples:
+    """n mismatched rows, (x_i, y_chosen of pair i+1), from ``pair_batch``'s 2n rows (the n chosen,
+    then the n rejected): KTO's reference point."""
     n = len(pairs) // 2
     shift = torch.roll(torch.arange(n, device=pairs.prompt_ids.device), -1)
-    return Samples(
-        torch.cat([pairs.prompt_ids, pairs.prompt_ids[:n]]),
-        torch.cat([pairs.prompt_mask, pairs.prompt_mask[:n]]),
-        torch.cat([pairs.response_ids, pairs.response_ids[shift]]),
-        torch.cat([pairs.response_mask, pairs.response_mask[shift]]),
-    )
+    return Samples(pairs.prompt_ids[:n], pairs.prompt_mask[:n], pairs.response_ids[shift], pairs.response_mask[shift])
 
 
 @dataclass(frozen=True)
@@ -114,25 +105,28 @@ class PairObjective:
     """What an offline pair method gives the pair loop: its loss and what the loss reads.
 
     ``reference``: whether the loss reads the frozen reference's log-probs (SimPO does not, and no
-    reference is loaded). ``rows``: the rows to score, from a batch of pairs; rows beyond the 2n
-    of the pairs (KTO's mismatched pairs) come back in ``PairLogps.mismatched`` and depend on the
-    batch, so the reference scores them every step instead of once up front.
+    reference is loaded). ``extra_rows``: rows to score besides the pairs, made from a batch of
+    pairs (KTO's mismatched pairs); they come back in ``PairLogps.mismatched`` and depend on the
+    batch, so with them the reference scores every step instead of once up front.
     """
 
     name: str
     loss: LossFn
     reference: bool = True
-    rows: Callable[[Samples], Samples] = chosen_and_rejected
+    extra_rows: Callable[[Samples], Samples] | None = None
 
 
-def _logps(ctx: Run, model, pairs, idx, average: bool, rows=chosen_and_rejected):
-    """(chosen [n], rejected [n], extra rows [m] or None, tokens read) of the pairs ``idx``."""
-    batch = rows(pair_batch(ctx, pairs, idx))
+def _logps(ctx: Run, model, pairs, idx, average: bool, extra_rows=None):
+    """(chosen [n], rejected [n], extra rows [n] or None, tokens read) of the pairs ``idx``: one
+    forward pass over the pairs' 2n rows and the ``extra_rows`` made from them."""
+    batch = pair_batch(ctx, pairs, idx)
+    if extra_rows is not None:
+        extra = extra_rows(batch)
+        batch = Samples(*(torch.cat([a, b]) for a, b in zip(batch.inputs(), extra.inputs())))
     n = len(idx)
     with ctx.autocast():
         out = sequence_logps(ctx, model, batch, average)
-    extra = out[2 * n :] if len(batch) > 2 * n else None
-    return out[:n], out[n : 2 * n], extra, batch.tokens()
+    return out[:n], out[n : 2 * n], (out[2 * n :] if extra_rows is not None else None), batch.tokens()
 
 
 @torch.no_grad()
@@ -153,14 +147,13 @@ def train_on_pairs(ctx: Run, cfg: OfflineConfig, objective: PairObjective):
     """Fine-tune the SFT policy on the preference pairs with ``objective``; return the policy.
 
     The reference's log-probs of the pairs are computed once up front, unless the objective's
-    rows depend on the batch (KTO): there the reference runs on every batch.
+    extra rows depend on the batch (KTO): there the reference runs on every batch.
     """
     pairs, _ = load_pairs(ctx, ctx.stages.preferences.path)
     policy = ctx.load_policy().train()
     ref = ctx.load_reference(policy) if objective.reference else None
-    per_batch = objective.rows is not chosen_and_rejected
     ref_pairs = None
-    if ref is not None and not per_batch:
+    if ref is not None and objective.extra_rows is None:
         ref_pairs = reference_logps(ctx, ref, pairs, cfg.batch_size, cfg.average_logprobs)
     schedule = epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, torch.Generator().manual_seed(ctx.cfg.seed))
     optimizer = make_optimizer(policy.parameters(), cfg.lr, max_grad_norm=cfg.max_grad_norm)
@@ -168,14 +161,14 @@ def train_on_pairs(ctx: Run, cfg: OfflineConfig, objective: PairObjective):
 
     def step(i: int, _state) -> dict[str, float]:
         idx = distributed.shard(schedule[i][1])
-        chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, objective.rows)
+        chosen, rejected, other, tokens = _logps(ctx, policy, pairs, idx, cfg.average_logprobs, objective.extra_rows)
         logps = PairLogps(chosen, rejected, mismatched=other)
         if ref_pairs is not None:
             logps.ref_chosen, logps.ref_rejected = ref_pairs[0][idx], ref_pairs[1][idx]
         elif ref is not None:
             with torch.no_grad():
                 logps.ref_chosen, logps.ref_rejected, logps.ref_mismatched, _ = _logps(
-                    ctx, ref, pairs, idx, cfg.average_logprobs, objective.rows
+                    ctx, ref, pairs, idx, cfg.average_logprobs, objective.extra_rows
                 )
         loss, stats = objective.loss(logps)
         check_finite(loss, f"{objective.name}/loss", i)
