@@ -65,8 +65,6 @@ def phase(frames: list[tuple[str, str, int]]) -> str | None:
         return "optimizer"
     if any(k in stack for k in ("_precompute_ref_logps (", "compute_ref_log_probs (", "reference_logps (")):
         return "scoring passes (no grad)"
-    if "rollout (rlhf_bench/methods/ppo.py" in stack:  # PPO's rollout: policy, reference and value passes
-        return "scoring passes (no grad)"
     if "_get_per_token_logps_and_entropies (" in stack and "_generate_and_score_completions (" in stack:
         return "scoring passes (no grad)"
     if "_compute_loss (" in stack:

@@ -61,15 +61,12 @@ def context(model: str, root: Path, device: str = "cpu", extra: list[str] = ()):
 
 def method_config(method: str, steps: int):
     """(config, train, optimizer updates per step): each method at 64 sequences per step."""
-    from rlhf_bench.methods import dpo, grpo, ppo, rloo
+    from rlhf_bench.compose import load_config
+    from rlhf_bench.methods import dpo, pg
 
-    if method == "ppo":
-        cfg = ppo.PPOConfig(steps=steps, batch_size=64)
-        return cfg, ppo.train, cfg.ppo_epochs * cfg.num_minibatches
-    if method == "rloo":
-        return rloo.RLOOConfig(steps=steps, prompts_per_step=16, k=4), rloo.train, 1
-    if method == "grpo":
-        return grpo.GRPOConfig(steps=steps, prompts_per_step=16, group_size=4), grpo.train, 1
+    if method in ("ppo", "rloo", "grpo"):  # the presets: 64 prompts x 1 (ppo), 16 prompts x 4 samples
+        cfg = load_config([f"method={method}", f"method.steps={steps}"]).method
+        return cfg, pg.train, cfg.epochs * cfg.num_minibatches
     if method == "dpo":  # one epoch over the pairs: PAIRS / 32 steps
         return dpo.DPOConfig(epochs=1, batch_size=32, warmup_steps=0), dpo.train, 1
     raise ValueError(method)

@@ -40,8 +40,10 @@ library's: at one update per batch TRL's RLOO loss is -mean(A), 0 by constructio
 -mean(A * log pi(y)); same gradient.
 
 Throughput is the steady state: from the end of the first step to the end of the last, on both
-sides; DPO also reports the whole run including the reference pass (``end_to_end_s``). Prints a
-table with the ratio ours / TRL of steps per second; writes JSON to --out.
+sides; DPO also reports the whole run including the reference pass (``end_to_end_s``). On a shared
+machine one ratio is noise (the same command twice gave GRPO 1.01x then 1.21x), so each pair of runs
+(ours, then TRL) is repeated ``--repeats`` times, interleaved, and the table gives the median ratio
+ours / TRL of steps per second, its range and a bootstrap 95% interval; writes JSON to --out.
 
     python benchmarks/versus_trl.py --help
 """
@@ -82,12 +84,12 @@ def context(model: str, root: Path, pairs: int, device: str = "cpu", precision: 
 
 
 def ours_config(method: str, steps: int):
-    from rlhf_bench.methods import dpo, grpo, rloo
+    from rlhf_bench.compose import load_config
+    from rlhf_bench.methods import dpo, pg
 
-    if method == "grpo":
-        return grpo.GRPOConfig(steps=steps, prompts_per_step=PROMPTS, group_size=SAMPLES), grpo.train
-    if method == "rloo":
-        return rloo.RLOOConfig(steps=steps, prompts_per_step=PROMPTS, k=SAMPLES), rloo.train
+    if method in ("grpo", "rloo"):  # the presets, at PROMPTS x SAMPLES responses per step
+        group = [f"method.prompts_per_step={PROMPTS}", f"method.group_size={SAMPLES}"]
+        return load_config([f"method={method}", f"method.steps={steps}", *group]).method, pg.train
     if method == "dpo":
         return dpo.DPOConfig(epochs=1, batch_size=PAIR_BATCH, warmup_steps=0), dpo.train
     raise ValueError(method)
@@ -206,9 +208,9 @@ def child_trl(
         if method == "grpo":
             args = trl.GRPOConfig(
                 **shared,
-                beta=ours.beta,
+                beta=ours.kl_coef,
                 loss_type="grpo",
-                scale_rewards="group" if ours.scale_rewards else "none",
+                scale_rewards=ours.advantage_std,
                 disable_dropout=True,
             )
             cls = trl.GRPOTrainer
@@ -254,6 +256,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda (both libraries)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="both libraries (bf16 autocast)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved runs of each pair (ours, TRL): the median ratio"
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help="where the cached stages are built")
     parser.add_argument("--out", default="results/benchmarks/versus_trl.json")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # library model method
@@ -274,44 +279,92 @@ def main() -> None:
     models, methods = args.models.split(","), args.methods.split(",")
     for model in models:
         context(model, args.root, args.pairs, args.device, args.precision)  # the cached stages, before the children
+    # Each repeat runs every pair (ours, then TRL) back to back: a pair sees the same machine load,
+    # and the ratio's spread over repeats is the machine's noise (TRL's reference-every-step DPO: once).
     jobs = [
-        (lib, model, method)
+        (repeat, lib, model, method)
+        for repeat in range(args.repeats)
         for model in models
         for method in methods
-        for lib in ("rlhf-bench", "trl", *(["trl-ref-every-step"] if method == "dpo" else []))
+        for lib in ("rlhf-bench", "trl", *(["trl-ref-every-step"] if method == "dpo" and repeat == 0 else []))
     ]
     common = ["--steps", str(args.steps), "--pairs", str(args.pairs), "--threads", str(args.threads)]
     common += ["--device", args.device, "--precision", args.precision, "--root", str(args.root)]
-    rows = [run_isolated(__file__, [*common, "--child", *job]) for job in tqdm(jobs, desc="versus TRL", unit="run")]
-
-    ratios, table = (
-        [],
-        Table(title=f"rlhf-bench vs TRL: steps per second at equal settings ({args.device}, {args.precision})"),
-    )
-    columns = ("model", "method", "ours steps/s", "TRL steps/s", "ratio", "ratio (CPU s)", "ours loss", "TRL loss")
-    for col in (*columns, "RSS MB ours/TRL"):
-        table.add_column(col, justify="right")
-    ours_rows = {(r["model"], r["method"]): r for r in rows if r["library"] == "rlhf-bench"}
-    for theirs in (r for r in rows if r["library"] == "trl"):
-        ours = ours_rows[(theirs["model"], theirs["method"].split(" ")[0])]
-        ratio = ours["steps_per_second"] / theirs["steps_per_second"]
-        cpu_ratio = ours["steps_per_cpu_second"] / theirs["steps_per_cpu_second"]
-        ratios.append({"model": ours["model"], "method": theirs["method"], "ratio": ratio, "cpu_ratio": cpu_ratio})
-        table.add_row(
-            ours["model"],
-            theirs["method"],
-            f"{ours['steps_per_second']:.2f}",
-            f"{theirs['steps_per_second']:.2f}",
-            f"{ratio:.2f}x",
-            f"{cpu_ratio:.2f}x",
-            f"{ours['final_loss']:.4f}",
-            f"{theirs['final_loss']:.4f}",
-            f"{ours['peak_memory_mb']:.0f} / {theirs['peak_memory_mb']:.0f}",
-        )
+    rows = [
+        {"repeat": job[0], **run_isolated(__file__, [*common, "--child", *job[1:]])}
+        for job in tqdm(jobs, desc="versus TRL", unit="run")
+    ]
+    ratios = pair_ratios(rows)
     console = Console(width=200)
-    console.print(table)
-    out = write_results(args.out, rows, ratios=ratios)
+    console.print(ratio_table(ratios, args))
+    out = write_results(args.out, rows, ratios=ratios, repeats=args.repeats)
     console.print(f"wrote {out}")
+
+
+def pair_ratios(rows: list[dict]) -> list[dict]:
+    """Per (model, method): ours / TRL steps per second in each repeat, their median, range and a
+    bootstrap 95% interval of the median (scipy.stats.bootstrap, percentile, 9,999 resamples)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    ours = {(r["repeat"], r["model"], r["method"]): r for r in rows if r["library"] == "rlhf-bench"}
+    pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    for theirs in (r for r in rows if r["library"] == "trl"):
+        mine = ours[(theirs["repeat"], theirs["model"], theirs["method"].split(" ")[0])]
+        pairs.setdefault((theirs["model"], theirs["method"]), []).append((mine, theirs))
+    out = []
+    for (model, method), runs in pairs.items():
+        ratio = np.array([a["steps_per_second"] / b["steps_per_second"] for a, b in runs])
+        cpu = np.array([a["steps_per_cpu_second"] / b["steps_per_cpu_second"] for a, b in runs])
+        low, high = (float("nan"),) * 2
+        if len(ratio) >= 2 and np.ptp(ratio) > 0:
+            ci = bootstrap((ratio,), np.median, n_resamples=9999, method="percentile", random_state=0)
+            low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+        out.append(
+            {
+                "model": model,
+                "method": method,
+                "repeats": len(runs),
+                "ratios": ratio.round(4).tolist(),
+                "ratio": float(np.median(ratio)),
+                "ratio_min": float(ratio.min()),
+                "ratio_max": float(ratio.max()),
+                "ratio_ci95": [low, high],
+                "cpu_ratio": float(np.median(cpu)),
+                "ours_steps_per_second": float(np.median([a["steps_per_second"] for a, _ in runs])),
+                "trl_steps_per_second": float(np.median([b["steps_per_second"] for _, b in runs])),
+                "ours_loss": runs[-1][0]["final_loss"],
+                "trl_loss": runs[-1][1]["final_loss"],
+                "rss_mb": [runs[-1][0]["peak_memory_mb"], runs[-1][1]["peak_memory_mb"]],
+            }
+        )
+    return out
+
+
+def ratio_table(ratios: list[dict], args) -> Table:
+    table = Table(
+        title=f"rlhf-bench vs TRL: steps per second at equal settings ({args.device}, {args.precision}), "
+        f"median of {args.repeats} interleaved pairs"
+    )
+    columns = ("model", "method", "ours steps/s", "TRL steps/s", "ratio", "range", "95% CI", "ratio (CPU s)")
+    for col in (*columns, "ours loss", "TRL loss", "RSS MB ours/TRL"):
+        table.add_column(col, justify="right")
+    for r in ratios:
+        low, high = r["ratio_ci95"]
+        table.add_row(
+            r["model"],
+            r["method"],
+            f"{r['ours_steps_per_second']:.2f}",
+            f"{r['trl_steps_per_second']:.2f}",
+            f"{r['ratio']:.2f}x",
+            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}",
+            f"{low:.2f}-{high:.2f}",
+            f"{r['cpu_ratio']:.2f}x",
+            f"{r['ours_loss']:.4f}",
+            f"{r['trl_loss']:.4f}",
+            f"{r['rss_mb'][0]:.0f} / {r['rss_mb'][1]:.0f}",
+        )
+    return table
 
 
 if __name__ == "__main__":

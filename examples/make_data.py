@@ -46,6 +46,8 @@ def main():
     for _ in range(600):
         p = prompt(rng)
         a, b = reply(rng, p), reply(rng, p)
+        if a == b:  # the same reply twice states no preference (the data loader refuses such a pair)
+            continue
         ra, rb = politeness([p, p], [a, b])
         chosen, rejected = (a, b) if ra >= rb else (b, a)
         pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected})

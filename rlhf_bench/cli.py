@@ -6,12 +6,17 @@ line naming the key and the choices, with exit code 2 and no stack trace
 (``RLHF_BENCH_DEBUG=1`` shows it). A multirun is checked the same way, with the values of
 ``hydra.sweeper.params`` (a ready sweep: ``+sweep=<name>``, a file in ``sweeps/``) added to
 those of the command line.
+
+A job whose identity (config hash, seed included) already finished is reused, not trained again
+(``run_or_reuse``): re-running a sweep finishes what is missing. ``--fresh`` (or ``+rerun=true``)
+runs it again.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from hydra.errors import CompactHydraException
@@ -32,6 +37,7 @@ console = Console(stderr=True)
 EXIT_CONFIG_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a process killed by SIGTERM reports
+FRESH_ENV = "RLHF_BENCH_FRESH"  # set by --fresh: run again what already finished
 
 # Hydra flags after which no job runs or whose arguments are not overrides.
 _NO_PREFLIGHT_FLAGS = {
@@ -205,7 +211,6 @@ def run_job(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from rlhf_bench import pipeline
     from rlhf_bench.report.table import summary_table
 
     try:
@@ -220,24 +225,115 @@ def run_job(cfg) -> float:
     from rlhf_bench.tasks.data import DataError
     from rlhf_bench.tasks.judges import RewardFunctionError
 
+    fresh = bool(cfg.get("rerun", False)) or os.environ.get(FRESH_ENV) == "1"
     try:
-        record = pipeline.run(typed, overrides)
+        record = run_or_reuse(typed, overrides, fresh)
     except (ConfigError, DataError, RewardFunctionError) as exc:  # bad input, found once the data is read
         if _debug():
             raise
-        _fail(f"bad input: {exc}", EXIT_CONFIG_ERROR, "(nothing was trained; the run record says status=failed.)")
+        _fail(f"bad input: {exc}", EXIT_CONFIG_ERROR, failure_note(typed))
     except Preempted as exc:
         _fail(f"preempted: {exc}", EXIT_PREEMPTED)
     except (OSError, RuntimeError) as exc:
         if _debug():
             raise
-        note = "(RLHF_BENCH_DEBUG=1 shows the stack trace; the run record says status=failed.)"
+        note = f"(RLHF_BENCH_DEBUG=1 shows the stack trace) {failure_note(typed)}"
         _fail(f"run failed: {type(exc).__name__}: {exc}", EXIT_RUN_FAILED, note)
     if "record_path" not in record:  # a process other than the main one of a data-parallel run
         return float("nan")
     Console(width=max(Console().width, 110)).print(summary_table(record))
     print_paths(record)
     return objective(record)
+
+
+def run_or_reuse(cfg, overrides: list[str], fresh: bool = False) -> dict:
+    """``pipeline.run``, once per identity. A run's identity is the hash of its whole config (the
+    seed is in it: the record's ``resume_key``). If a finished run of this identity is in
+    ``results_dir``, it is reused (said so, nothing trained) unless ``fresh`` (``--fresh`` or
+    ``+rerun=true``); an interrupted one is resumed (``pipeline.run``). While a run executes, its
+    identity's lock (``<results_dir>/locks/<hash>.lock``) is held, so that a second
+    identical command waits for it (naming it) and then reuses what it finished.
+
+    A data-parallel launch (``WORLD_SIZE`` > 1) runs as it is: its processes decide together."""
+    from filelock import FileLock, Timeout
+
+    from rlhf_bench import pipeline
+    from rlhf_bench.config import to_plain
+    from rlhf_bench.stage_cache import config_hash
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return pipeline.run(cfg, overrides)
+    key, runs, locks = (
+        config_hash(to_plain(cfg)),
+        Path(cfg.paths.results_dir) / "runs",
+        Path(cfg.paths.results_dir) / "locks",
+    )
+    pipeline.check_writable(locks, "results_dir")
+    lock = FileLock(str(locks / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        console.print(
+            f"[yellow]the same run (config {key}, seed {cfg.seed}) is already running: {_running(runs, key)}; "
+            "waiting for it to end (Ctrl-C to stop waiting)[/yellow]"
+        )
+        lock.acquire()
+    try:
+        done = None if fresh else _finished(runs, key)
+        if done is None:
+            return pipeline.run(cfg, overrides)
+        console.print(
+            f"[green]reusing finished run {done['run_id']}[/green] (same config {key} and seed {cfg.seed}; "
+            "nothing trained): --fresh or +rerun=true runs it again"
+        )
+        return {**done, "reused": True, "record_path": str(runs / done["run_id"] / "record.json")}
+    finally:
+        lock.release()
+
+
+def failure_note(cfg) -> str:
+    """What a failed run leaves, as its record says: the stages it built (cached: the next run
+    starts from them) and the record's path; or that no record was written."""
+    from rlhf_bench.config import to_plain
+    from rlhf_bench.stage_cache import config_hash
+
+    runs = Path(cfg.paths.results_dir) / "runs"
+    path, record = next(_records_of(runs, config_hash(to_plain(cfg))), (None, None))
+    if record is None or record.get("status") not in ("failed", "preempted"):
+        return "(it failed before writing a run record; nothing was trained.)"
+    built = [stage for stage, a in (record.get("artifacts") or {}).items() if a.get("cached") is False]
+    trained = (
+        f"built before the failure, and cached for the next run: {', '.join(built)}"
+        if built
+        else "no stage was built before the failure"
+    )
+    return f"({trained}; the run record {path} says status={record['status']}.)"
+
+
+def _records_of(runs: Path, key: str):
+    """The readable records of identity ``key`` under ``runs``, newest first."""
+    import json
+
+    for path in sorted(runs.glob("*/record.json"), reverse=True):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("resume_key") == key:
+            yield path, record
+
+
+def _finished(runs: Path, key: str) -> dict | None:
+    return next((r for _, r in _records_of(runs, key) if r.get("status") == "finished"), None)
+
+
+def _running(runs: Path, key: str) -> str:
+    """Which run holds the identity's lock, as its record says (it may not have written one yet)."""
+    for path, record in _records_of(runs, key):
+        if record.get("status") == "running":
+            attempt = (record.get("attempts") or [{}])[-1]
+            return f"run {record['run_id']} (pid {attempt.get('pid')} on {attempt.get('host')}; {path})"
+    return f"another process holds {runs.parent / 'locks' / (key + '.lock')}"
 
 
 def print_paths(record: dict) -> None:
@@ -263,6 +359,9 @@ def main() -> None:
 
     register_schemas()
     register_sweeps()
+    if "--fresh" in sys.argv[1:]:  # ours, not Hydra's: the jobs (also a launcher's processes) see it
+        sys.argv = [a for a in sys.argv if a != "--fresh"]
+        os.environ[FRESH_ENV] = "1"
     preflight(sys.argv[1:])
     app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(run_job)
     app()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +208,10 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run_name: str | None = None
+    # method: the run seed seeds the method (SFT, pairs and reward model keep their own seeds, so a
+    # sweep over seeds shares them) | pipeline: it also seeds SFT, the preference sampling and the
+    # reward model (each stage still cached by its config, seed included): whole-pipeline variance
+    seed_scope: str = "method"
 
     def __post_init__(self) -> None:
         require(
@@ -215,6 +220,24 @@ class Config:
             "must be one of auto, cpu, cuda, cuda:N, mps",
             self.device,
         )
+        # the run's folder is results/runs/<stamp>-<run_name>-<suffix>: a name, not a path
+        require(
+            self.run_name is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,99}", self.run_name) is not None,
+            "run_name",
+            "must be a plain name: letters, digits and . _ = + - (no / or \\, no leading '.' or '-', "
+            "at most 100 characters); e.g. run_name=dpo-beta0.1",
+            self.run_name,
+        )
+        require_choice(self.seed_scope, SEED_SCOPES, "seed_scope")
+        if self.seed_scope == "pipeline":
+            self.sft, self.preferences = (dataclasses.replace(s, seed=self.seed) for s in (self.sft, self.preferences))
+            if dataclasses.is_dataclass(self.reward_model) and hasattr(self.reward_model, "seed"):
+                self.reward_model = dataclasses.replace(self.reward_model, seed=self.seed)
+
+
+SEED_SCOPES = ("method", "pipeline")
+# the stage seeds that seed_scope=pipeline sets to the run seed (the record's config shows them)
+PIPELINE_SEEDS = ("sft.seed", "preferences.seed", "reward_model.seed")
 
 
 def to_plain(obj: Any) -> Any:

@@ -103,7 +103,7 @@ def validate_overrides(overrides: list[str], structure: ConfigStructure | None =
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
-        return _fallback(exc)
+        return _unquoted_non_ascii(overrides) or _fallback(exc)
     structure.learn([o.key_or_group for o in parsed])
     # As Hydra splits them (a dict value sets a group's keys rather than choosing its option).
     groups = [o for o in parsed if structure.is_group(o.key_or_group) and not _is_dict(o)]
@@ -147,12 +147,14 @@ def validate_overrides(overrides: list[str], structure: ConfigStructure | None =
 
 def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
     """One readable line for what composing or converting the config for ``overrides`` raised."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     from rlhf_bench.errors import ConfigError
 
     cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(exc, OverrideParseException):  # a value Hydra's grammar cannot lex
+        return _unquoted_non_ascii(overrides) or _fallback(exc)
     if isinstance(exc, ConfigError) or isinstance(cause, ConfigError):  # a __post_init__ check: names its key
         return f"config error: {exc if isinstance(exc, ConfigError) else cause}"
     if not isinstance(cause, ValidationError):  # a wrong type or value is the exception's to name
@@ -171,6 +173,35 @@ def explain_config_error(exc: BaseException, overrides: list[str]) -> str:
         first_line = str(cause).strip().partition("\n")[0].strip()
         return f"config error: {key}: {first_line}" if key else f"config error: {first_line}"
     return _fallback(exc)
+
+
+def _unquoted_non_ascii(overrides: list[str]) -> str | None:
+    """The message for the override that Hydra's grammar cannot lex because its value holds
+    characters outside ASCII without quotes (``LexerNoViableAltException``); None if no such one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or value.isascii():
+            continue
+        try:
+            parser.parse_override(override)
+            continue
+        except Exception:  # HydraException (LexerNoViableAltException) or OverrideParseException
+            pass
+        items = value[1:-1].split(",") if value[:1] + value[-1:] == "[]" else None
+        quoted = f"[{', '.join(_quoted(v) for v in items)}]" if items else _quoted(value)
+        return (
+            f"config error: {key}={value}: a value with characters outside ASCII must be quoted; "
+            f"write {key}={quoted} (in the shell: '{key}={quoted}')"
+        )
+    return None
+
+
+def _quoted(value: str) -> str:
+    value = value.strip()
+    return value if value[:1] in ("'", '"') else f'"{value}"'
 
 
 def _fallback(exc: BaseException) -> str:

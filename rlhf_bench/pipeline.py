@@ -31,6 +31,8 @@ from rlhf_bench.tracking.record import (
     RECORD_VERSION,
     git_commit,
     package_versions,
+    record_progress,
+    start_attempt,
     write_json_atomic,
 )
 
@@ -81,6 +83,7 @@ def new_record(cfg: Config, run_id: str, overrides: list[str] | None, device, dt
         "model": cfg.model.name,
         "reward_model": cfg.reward_model.name,
         "seed": cfg.seed,
+        "seed_scope": cfg.seed_scope,  # method: the seed varied the method only; pipeline: SFT, pairs, RM too
         "config": to_plain(cfg),
         "conventions": conventions(cfg),
         "overrides": list(overrides or []),
@@ -118,12 +121,14 @@ def check_batches_split(cfg: Config, processes: int) -> None:
                 )
         minibatches = getattr(options, "num_minibatches", None)
         if isinstance(minibatches, int):
+            # each process splits its share of the prompts' rows (group_size per prompt) into minibatches
+            group = getattr(options, "group_size", 1)
             require(
-                options.batch_size % (processes * minibatches) == 0,
-                f"{section}.batch_size",
+                options.prompts_per_step * group % (processes * minibatches) == 0,
+                f"{section}.prompts_per_step",
                 f"must be a multiple of {processes} processes x {section}.num_minibatches={minibatches} "
-                "(each process splits its share into that many minibatches)",
-                options.batch_size,
+                f"(each process splits its share, {section}.group_size={group} rows a prompt, into that many minibatches)",
+                options.prompts_per_step,
             )
 
 
@@ -164,24 +169,34 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
         record["resume_key"] = resume_key
         record["processes"] = distributed.world_size()
     run_id, record_path = distributed.broadcast(run_dir.name), run_dir / "record.json"
-    record.setdefault("attempts", []).append({"started": utc_now(), "host": platform.node(), "pid": os.getpid()})
+    earlier = start_attempt(record, platform.node(), os.getpid())
     write_json_atomic(record_path, record)
     console.print(
         f"[bold]rlhf-bench[/bold] {'resuming' if found else 'run'} [cyan]{run_id}[/cyan]: task={cfg.task.name} "
         f"model={cfg.model.name} reward_model={cfg.reward_model.name} method={cfg.method.name} seed={cfg.seed} "
         f"device={device}"
     )
-    # Each attempt of a resumed run is its own W&B run: a killed attempt's id may still be held
-    # by a W&B service process that outlived it. The record holds the whole history.
-    attempt = len(record["attempts"])
-    tracker = Tracker(cfg.logger, run_dir, run_id if attempt == 1 else f"{run_id}-attempt{attempt}", run_id, config)
+    # One W&B run per run: every attempt opens the record's run id (tracking/wandb_run.py: offline,
+    # each attempt's folder is given the rows logged before it, so the newest holds them all).
+    tracker = Tracker(cfg.logger, run_dir, run_id, run_id, config, resume=found is not None)
     record["wandb"] = {
         "run_id": tracker.run_id,
         "mode": tracker.mode,
         "project": cfg.logger.project,
         "dir": str(tracker.dir) if tracker.dir else None,
     }
-    progress = Progress()
+    record["attempts"][-1]["wandb_dir"] = record["wandb"]["dir"]
+    died = sum(a["status"] == "died" for a in record["attempts"])
+    tracker.summary({"run/attempt": len(record["attempts"]), "run/attempts_died": died})
+    progress = Progress(earlier=earlier)
+
+    def save_progress(write: bool = True) -> None:  # the record as the run stands: at each boundary and checkpoint
+        cost, seconds = progress.cost.to_dict(), progress.attempt_seconds()
+        record_progress(record, cost, seconds, tracker.history, progress.artifacts, progress.boundaries)
+        if write:
+            write_json_atomic(record_path, record)
+
+    progress.persist = save_progress
     try:
         with preemption_handler():
             seed_everything(cfg.seed)
@@ -189,23 +204,26 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
             seed_everything(cfg.seed)
             record["metrics"] = policy_and_evaluation(ctx, run_dir, rm_info)
         record["status"] = "finished"
-        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     except BaseException as exc:
         record["status"] = "preempted" if isinstance(exc, Preempted) else "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
-        if progress.last_checkpoint:
-            record["checkpoint"] = progress.last_checkpoint
+        if progress.checkpoint():  # not one of a stage that was built since (its folder is gone)
+            record["checkpoint"] = progress.checkpoint()
         raise
     finally:
         record["finished"] = utc_now()
-        record["cost"] = progress.cost.to_dict()
-        record["artifacts"] = progress.artifacts
-        record["history"] = tracker.history
+        progress.persist = None
+        save_progress(write=False)
+        record["attempts"][-1]["status"] = record["status"]
+        if record["status"] == "finished":
+            del record["resume_state"]  # the run is complete: nothing to resume from
         tracker.summary(flatten(record["cost"], "cost/"))
         tracker.finish(exit_code=0 if record["status"] == "finished" else 1)
         if tracker.failed:
             record["wandb"]["failed"] = tracker.failed
         write_json_atomic(record_path, record)
+        if record["status"] == "finished":  # only now: a run killed before this line resumes from them
+            shutil.rmtree(artifacts_dir / "checkpoints" / run_id, ignore_errors=True)
         lock.release()
     distributed.all_done()  # the other processes wait for the record before they exit
     record["record_path"] = str(record_path)
@@ -317,6 +335,8 @@ def prepare(cfg: Config, tracker, device, dtype, checkpoint_dir: Path | None, pr
     ready for its method, and the reward model's info. The main process and the workers of a
     data-parallel run both start this way."""
     ctx = base_stage(cfg, tracker, device, dtype, checkpoint_dir, progress)
+    ctx.check_inputs()  # prompts that fit the context, a batch that fits the memory; the budget
+    ctx.stage_done("base", cached=ctx.progress.artifacts.get("base", {}).get("cached", True))
     return preparation_stages(ctx)
 
 
@@ -363,7 +383,7 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
     cfg, artifacts_dir = ctx.cfg, Path(ctx.cfg.paths.artifacts_dir)
     verify, artifacts = cfg.checkpoint.verify_artifacts, ctx.progress.artifacts
     data_key = task_key(ctx.task, cfg)
-    with ctx.cost.timed("sft"):
+    with ctx.progress.timed("sft"):
         if cfg.sft.steps > 0:
             key = {"base": ctx.stages.base.hash, "task": data_key, "sft": to_plain(cfg.sft)}
             sft = cached_stage(
@@ -376,9 +396,10 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
             )
             ctx = ctx.with_stage("sft", sft.path, sft.hash)
             artifacts["sft"] = _artifact(sft)
+            ctx.stage_done("sft", sft.cached)
         else:  # the base model is the SFT policy (e.g. an instruction-tuned hub model)
             ctx = ctx.with_stage("sft", ctx.stages.base.path, ctx.stages.base.hash)
-    with ctx.cost.timed("preferences"):
+    with ctx.progress.timed("preferences"):
         key = {
             "sft": ctx.stages.sft.hash,
             "task": data_key,
@@ -393,7 +414,8 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
         )
         artifacts["preferences"] = _artifact(prefs)
         ctx = ctx.with_stage("preferences", prefs.path, prefs.hash)
-    with ctx.cost.timed("reward_model"):
+        ctx.stage_done("preferences", prefs.cached)
+    with ctx.progress.timed("reward_model"):
         train_rm = get_method(cfg.reward_model._target_)
         ctx = reward_backbone_stage(ctx, data_key)
         backbone = ctx.stages.reward_backbone
@@ -413,6 +435,7 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
         )
         ctx = ctx.with_stage("reward_model", rm.path, rm.hash)
         artifacts["reward_model"] = _artifact(rm)
+        ctx.stage_done("reward_model", rm.cached)
     ctx.tracker.summary({"eval/rm_accuracy": rm.info["accuracy"], "eval/rm_gold_accuracy": rm.info["gold_accuracy"]})
     console.print(
         f"reward model: held-out accuracy {rm.info['accuracy']:.3f}, agreement with gold {rm.info['gold_accuracy']:.3f}"
@@ -476,7 +499,9 @@ def reward_backbone_stage(ctx: Run, data_key: dict[str, Any]) -> Run:
         parallel=True,
     )
     ctx.progress.artifacts["reward_backbone"] = _artifact(sft)
-    return ctx.with_stage("reward_backbone", sft.path, sft.hash)
+    ctx = ctx.with_stage("reward_backbone", sft.path, sft.hash)
+    ctx.stage_done("reward_backbone", sft.cached)
+    return ctx
 
 
 def train_policy(ctx: Run):
@@ -484,7 +509,7 @@ def train_policy(ctx: Run):
     summed over processes."""
     from hydra.utils import get_method
 
-    with ctx.cost.timed("policy"):
+    with ctx.progress.timed("policy"):
         policy = get_method(ctx.cfg.method._target_)(ctx, ctx.cfg.method)
         policy = ctx.whole(policy)  # fsdp: gathered whole to the main process, which evaluates it alone
     cost = ctx.cost
@@ -520,23 +545,27 @@ def policy_and_evaluation(ctx: Run, run_dir: Path, rm_info: dict[str, Any]) -> d
     from tqdm.auto import tqdm
 
     from rlhf_bench.evaluation import lm_eval_suite
-    from rlhf_bench.evaluation.gold import evaluate
+    from rlhf_bench.evaluation.gold import evaluate_prompts, write_per_prompt
     from rlhf_bench.rewards.reward import load_run_reward
 
     cfg = ctx.cfg
     policy = train_policy(ctx)
-    with ctx.cost.timed("eval"):
+    ctx.stage_done("policy", cached=False)  # its checkpoint, not a boundary, is what a resume continues from
+    with ctx.progress.timed("eval"):
         with distributed.whole_models():  # the main process alone
             # a LoRA policy's reference is its own base weights, adapters off (the SFT model)
             ref = ctx.load_reference(policy if isinstance(policy, torch.nn.Module) else None)
             reward = load_run_reward(ctx)
-        metrics = evaluate(ctx, policy, ref, reward, cfg.eval, cfg.seed)
+        metrics, per_prompt = evaluate_prompts(ctx, policy, ref, reward, cfg.eval, cfg.seed)
+        # the rows behind the means, beside the record (and in W&B as a table artifact)
+        ctx.progress.artifacts["per_prompt"] = write_per_prompt(per_prompt, run_dir / "per_prompt.parquet")
+        ctx.tracker.table("per_prompt", per_prompt)
     metrics["reward_model"] = {
         "accuracy": rm_info["accuracy"],
         "gold_accuracy": rm_info["gold_accuracy"],
     }
     if cfg.eval.lm_eval.tasks:
-        with ctx.cost.timed("lm_eval"):
+        with ctx.progress.timed("lm_eval"):
             suite = lm_eval_suite.write_suite(ctx, run_dir / "lm_eval", cfg.eval.lm_eval.max_gen_toks)
             models = {"sft": ref, "policy": policy} if isinstance(policy, torch.nn.Module) else {"sft": ref}
             log_file = run_dir / "run.log"  # lm-eval's own logs and bars: the terminal keeps one bar
@@ -549,6 +578,7 @@ def policy_and_evaluation(ctx: Run, run_dir: Path, rm_info: dict[str, Any]) -> d
     ctx.tokenizer.save_pretrained(policy_dir)
     ctx.progress.artifacts["policy"] = {"path": str(policy_dir)}
     ctx.tracker.summary(flatten(metrics, "eval/"))
+    ctx.stage_done("eval", cached=False)
     return metrics
 
 

@@ -13,21 +13,27 @@ workers of a data-parallel run and the reproductions use it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from rlhf_bench.config import Config
 from rlhf_bench.core import distributed, models
-from rlhf_bench.core.checkpoint import Checkpointer
+from rlhf_bench.core.checkpoint import Checkpointer, fault_point
 from rlhf_bench.core.device import autocast
 from rlhf_bench.core.rollout import generate, pad, response_logprobs
 from rlhf_bench.core.train import Cost
-from rlhf_bench.errors import ConfigError
+from rlhf_bench.errors import ConfigError, require
 from rlhf_bench.tracking.wandb_run import Tracker
 
 
@@ -51,14 +57,123 @@ class Stages:
     reward_backbone: Stage | None = None
 
 
+COUNTERS = ("tokens_generated", "tokens_trained", "reward_model_queries")
+PERSIST_SECONDS = 10.0  # the record's running state is written at most this often from checkpoints
+
+
 @dataclass
 class Progress:
     """The one mutable part of a run: what it has spent (``cost``) and written (``artifacts`` by
-    stage, the newest checkpoint, named in a failed run's record)."""
+    stage, the newest checkpoint, named in a failed run's record).
+
+    Across attempts of one run (a resume): ``boundaries`` holds the run's state right after each
+    cached stage it built (counters, history, artifacts: ``Run.stage_done``), which the record
+    keeps while the run is unfinished, and ``earlier`` the boundaries an earlier attempt reached.
+    A stage this attempt finds cached takes its boundary back from ``earlier``, so what the
+    earlier attempt spent and logged building it is not lost; inside a stage, its checkpoint
+    carries the same state. ``persist`` (set by the pipeline) writes the record's running state;
+    it is called at each boundary and after checkpoints (``checkpoint_saved``)."""
 
     cost: Cost = field(default_factory=Cost)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_checkpoint: str | None = None
+    boundaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
+    persist: Callable[[], None] | None = None
+    started: float = field(default_factory=time.monotonic)
+    _open: dict[str, float] = field(default_factory=dict, repr=False)
+    _persisted: float = field(default=0.0, repr=False)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """``cost.timed(stage)``, with the stage's start kept while it runs, so that the record
+        written at a checkpoint or boundary inside it counts its time so far."""
+        self._open[stage] = time.monotonic()
+        try:
+            with self.cost.timed(stage):
+                yield
+        finally:
+            del self._open[stage]
+
+    def attempt_seconds(self) -> dict[str, float]:
+        """This attempt's wall time: each stage's (its timer, and the time so far of one running)
+        and the total since the attempt started."""
+        now, seconds = time.monotonic(), dict(self.cost.wall_seconds)
+        for stage, start in self._open.items():
+            seconds[stage] = round(seconds.get(stage, 0.0) + now - start, 3)
+        return {**seconds, "total": round(now - self.started, 3)}
+
+    def checkpoint_saved(self) -> None:
+        """A loop saved a checkpoint: write the record's running state (this attempt's wall time),
+        at most every ``PERSIST_SECONDS`` (a loop may checkpoint every step)."""
+        if self.persist is not None and time.monotonic() - self._persisted >= PERSIST_SECONDS:
+            self._persisted = time.monotonic()
+            self.persist()
+
+    def checkpoint(self) -> str | None:
+        """The newest checkpoint if it still exists (a stage's is removed once the stage is built)."""
+        found = self.last_checkpoint
+        return found if found is not None and Path(found).exists() else None
+
+
+_console = Console(stderr=True)
+ABSURD_TOKENS = 10**12  # more than this to generate or train: said in yellow, as a warning
+
+
+def rollout_batch(method) -> tuple[str | None, int]:
+    """(the key that sizes a method's rollout batch, the sequences one step samples): prompts per
+    step (or batch) times samples per prompt; (None, 0) for a method that samples none."""
+    for name in ("prompts_per_step", "prompts_per_round", "batch_size"):
+        prompts = getattr(method, name, None)
+        if isinstance(prompts, int) and hasattr(method, "temperature"):  # a method that samples
+            per_prompt = next(
+                (getattr(method, k) for k in ("group_size", "k", "n") if isinstance(getattr(method, k, None), int)), 1
+            )
+            return f"method.{name}", prompts * per_prompt
+    return None, 0
+
+
+def device_memory(device: torch.device) -> int | None:
+    """The memory of ``device`` in bytes (a CUDA device's total, the machine's RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _count(n: float) -> str:
+    return f"{n:,.0f}" if n < 1e9 else f"{n:.1e}"
+
+
+def budget_line(cfg: Config, prompt_tokens: int, response_tokens: int) -> tuple[str, bool]:
+    """One line stating what the run will spend at most, and whether that is absurd (more than
+    ``ABSURD_TOKENS`` tokens): SFT's sequences, and the method's steps x sequences, each response
+    up to ``response_tokens`` generated and prompt + response trained ``epochs`` times."""
+    method = cfg.method
+    steps = next((getattr(method, k) for k in ("steps", "rounds") if isinstance(getattr(method, k, None), int)), 0)
+    _, sequences = rollout_batch(method)
+    epochs = next(
+        (getattr(method, k) for k in ("epochs", "ppo_epochs") if isinstance(getattr(method, k, None), int)), 1
+    )
+    generate = steps * sequences * response_tokens
+    train = steps * sequences * (prompt_tokens + response_tokens) * epochs
+    sft = f"SFT {cfg.sft.steps:,} steps x {cfg.sft.batch_size} sequences; " if cfg.sft.steps else ""
+    if not sequences and hasattr(method, "temperature"):  # best-of-n: samples when evaluated, trains nothing
+        return f"budget: {sft}{method.name}: nothing trained, its samples drawn at evaluation", False
+    if not sequences:  # the offline methods: they train on the pairs, sample nothing
+        pairs = getattr(method, "batch_size", None)
+        size = f" {_count(steps)} steps x {pairs} pairs" if steps and isinstance(pairs, int) else ""
+        return f"budget: {sft}{method.name}{size}, no tokens generated", False
+    line = (
+        f"budget: {sft}{method.name} {_count(steps)} steps x {sequences:,} responses of <= {response_tokens} tokens: "
+        f"<= {_count(generate)} tokens to generate, <= {_count(train)} to train"
+    )
+    absurd = max(generate, train) > ABSURD_TOKENS
+    if absurd:
+        line += f" (warning: more than {ABSURD_TOKENS:.0e} tokens; is method.steps={steps} meant?)"
+    return line, absurd
 
 
 class PromptTexts:
@@ -106,6 +221,35 @@ class Run:
     def cost(self) -> Cost:
         return self.progress.cost
 
+    def stage_done(self, name: str, cached: bool) -> None:
+        """After stage ``name`` (``cached``: found built, not built now): if an earlier attempt of
+        this run built it, take back that attempt's state at this boundary (its counters,
+        history and artifact entry: what the uninterrupted run holds here); then keep this
+        boundary, persist the record, and pass the fault point ``done:<name>``."""
+        progress = self.progress
+        earlier = progress.earlier.get(name)
+        same = earlier is not None and earlier["artifacts"].get(name, {}).get("hash") == (
+            progress.artifacts.get(name, {}).get("hash")
+        )
+        if cached and same:
+            for counter in COUNTERS:
+                setattr(self.cost, counter, earlier["counters"][counter])
+            if self.tracker is not None:
+                self.tracker.restore(earlier["tracker"])
+            progress.artifacts.update(earlier["artifacts"])
+        progress.boundaries[name] = json.loads(  # a copy, as the record will hold it
+            json.dumps(
+                {
+                    "counters": {c: getattr(self.cost, c) for c in COUNTERS},
+                    "tracker": self.tracker.state() if self.tracker is not None else {"history": {}},
+                    "artifacts": progress.artifacts,
+                }
+            )
+        )
+        if progress.persist is not None:
+            progress.persist()
+        fault_point(f"done:{name}")
+
     @property
     def sft_path(self) -> str:
         """The SFT policy's folder (the reference of every method)."""
@@ -113,6 +257,67 @@ class Run:
 
     def autocast(self):
         return autocast(self.device, self.dtype)
+
+    # --- what the run will need, checked before any training ------------------------------
+    def check_inputs(self) -> None:
+        """Before the first stage: refuse a prompt that cannot fit the model's context with a
+        response (``check_context``) and a rollout batch that cannot fit the device's memory
+        (``check_memory``), then state the run's budget in one line (``budget_line``)."""
+        prompt_tokens = self.check_context()
+        self.check_memory(prompt_tokens)
+        if distributed.is_main():
+            line, absurd = budget_line(self.cfg, prompt_tokens, self.max_new_tokens)
+            _console.print(f"[yellow]{line}[/yellow]" if absurd else line, highlight=False)
+
+    def context_limit(self) -> tuple[int | None, str]:
+        """(the most positions the policy takes, the key or thing to change for more)."""
+        m = self.cfg.model
+        if m.name_or_path is None:
+            return m.tiny.max_positions, "raise model.tiny.max_positions"
+        limit = models.context_length(self.stages.base.path, m.revision, m.trust_remote_code)
+        return limit, "use a longer-context model"
+
+    def check_context(self) -> int:
+        """The longest prompt in tokens (chat template applied); a ``DataError`` naming the prompt
+        (file:line for user data) if a prompt plus ``task.max_response_tokens`` exceeds the model's
+        context, where generation would index past the position embeddings."""
+        from rlhf_bench.tasks.data import DataError
+
+        prompts = list(dict.fromkeys([*self.task.train_prompts, *self.task.eval_prompts]))
+        lengths = [len(row) for row in self.encode(self.format_prompts(prompts))]
+        limit, more = self.context_limit()
+        longest = max(lengths, default=0)
+        if limit is None or longest + self.max_new_tokens <= limit:
+            return longest
+        i = next(i for i, n in enumerate(lengths) if n + self.max_new_tokens > limit)
+        where = getattr(self.task, "where", lambda _: None)(prompts[i]) or f"task={self.task.name}, prompt {i + 1}"
+        raise DataError(
+            f"{where}: the prompt is {lengths[i]} tokens; with task.max_response_tokens={self.max_new_tokens} "
+            f"it needs {lengths[i] + self.max_new_tokens} positions, more than the model's context of {limit}: "
+            f"shorten or drop the prompt, lower task.max_response_tokens, or {more} "
+            f"({sum(n + self.max_new_tokens > limit for n in lengths)} of {len(prompts)} prompts are too long)"
+        )
+
+    def check_memory(self, prompt_tokens: int) -> None:
+        """Refuse a method whose rollout batch cannot fit the device: one forward pass over it holds
+        B x T x (V + 16 L d) x 4 bytes (fp32 logits over the vocabulary V, and activations of L
+        layers of width d), B the sequences of a step, T the prompt and response tokens."""
+        key, sequences = rollout_batch(self.cfg.method)
+        if key is None:
+            return
+        hub = self.stages.base.path if self.cfg.model.name_or_path else None
+        n_layer, width = models.model_shape(hub, self.cfg.model)
+        tokens = prompt_tokens + self.max_new_tokens
+        need = sequences * tokens * (len(self.tokenizer) + 16 * n_layer * width) * 4
+        have = device_memory(self.device)
+        require(
+            have is None or need <= have,
+            key,
+            f"makes {sequences:,} sequences a step of up to {tokens} tokens: one forward pass over them needs "
+            f"about {need / 2**30:,.1f} GiB (logits and activations), more than the {(have or 0) / 2**30:,.1f} GiB "
+            f"of {self.device}; lower {key}",
+            getattr(self.cfg.method, key.removeprefix("method.")),
+        )
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` as one that is only evaluated (the reference, a reward model): eval mode, no
@@ -340,6 +545,7 @@ class Run:
             )
         model.train(was_training)
         self.cost.tokens_generated += int(out[1].sum())
+        fault_point("generate")
         return out
 
     def logprobs(

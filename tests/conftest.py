@@ -160,13 +160,19 @@ def fast_overrides(
             "device=cpu",
         ]
         + ([] if lm_eval else ["eval.lm_eval.tasks=[]"])
-        + (["method.steps=2", "method.batch_size=16", "method.num_minibatches=2", "method.ppo_epochs=1"] if ppo else [])
+        + (
+            ["method.steps=2", "method.prompts_per_step=16", "method.num_minibatches=2", "method.epochs=1"]
+            if ppo
+            else []
+        )
         + (RM_FAST if reward_model else [])
     )
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    # RLHF_BENCH_GPU_TESTS_ON_CPU=1: the GPU tests run on the CPU (benchmarks/gpu_check.py --dry-run),
+    # each checking the CPU's side of what it checks on CUDA (tests/system/test_gpu.py)
+    if torch.cuda.is_available() or os.environ.get("RLHF_BENCH_GPU_TESTS_ON_CPU") == "1":
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

@@ -23,6 +23,13 @@ Nothing is unpickled: tensors load with ``torch.load(weights_only=True)``.
 
 SIGTERM (SLURM's preemption signal) sets a flag; the loop's next ``step_done`` saves a
 checkpoint and raises ``Preempted``. Outside a loop, SIGTERM raises ``Preempted`` at once.
+
+``fault_point(name)`` marks the places a run may die (``step:<stage>`` after each loop step,
+``done:<stage>`` at each stage boundary, ``generate`` after each generation call). It does nothing
+unless the test-only variables ``RLHF_BENCH_FAULT_TRACE`` (a file each point passed is appended
+to) or ``RLHF_BENCH_FAULT`` (``<name>#<k>``: the process exits the k-th time it passes a point
+named ``<name>``, as ``kill -9`` would: ``os._exit``, nothing flushed) are set; the fault-injection
+test (``tests/system/test_reliability.py``) kills a run at each of them and resumes it.
 """
 
 from __future__ import annotations
@@ -101,6 +108,27 @@ class preemption_handler:
 
 def preemption_requested() -> bool:
     return _state["requested"]
+
+
+# --- fault injection (tests) -----------------------------------------------------------------
+FAULT_ENV, FAULT_TRACE_ENV = "RLHF_BENCH_FAULT", "RLHF_BENCH_FAULT_TRACE"
+_faults: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A place a run may be killed: counted by name, traced (``RLHF_BENCH_FAULT_TRACE``) and, the
+    k-th time this process passes it (``RLHF_BENCH_FAULT=<name>#<k>``, ``#1`` if left out), the
+    process ends at once with status 137 (``os._exit``: no handler, no ``finally``, no flush, as
+    after ``kill -9``)."""
+    trace, kill = os.environ.get(FAULT_TRACE_ENV), os.environ.get(FAULT_ENV)
+    if not trace and not kill:
+        return
+    _faults[name] = _faults.get(name, 0) + 1
+    if trace:
+        with open(trace, "a") as fh:
+            fh.write(f"{name}#{_faults[name]}\n")
+    if kill and kill in (f"{name}#{_faults[name]}", name if _faults[name] == 1 else None):
+        os._exit(137)
 
 
 # --- hashing ------------------------------------------------------------------------------
@@ -245,9 +273,8 @@ class Checkpointer:
         cost.tokens_trained = run["cost"]["tokens_trained"]
         cost.reward_model_queries = run["cost"]["reward_model_queries"]
         # what the interrupted attempt had logged by then: a superset of what this attempt has
-        tracker.history.clear()
-        tracker.history.update(run["history"])
-        tracker._step = max(tracker._step, run["tracker_step"])
+        # (checkpoints before record_version 3 kept the history and the step apart)
+        tracker.restore(run.get("tracker") or {"history": run["history"], "step": run["tracker_step"]})
 
     # -- save ------------------------------------------------------------------------------
     def step_done(self, step: int, force: bool = False, **extra: Any) -> None:
@@ -346,14 +373,16 @@ class Checkpointer:
                     "tokens_trained": cost.tokens_trained,
                     "reward_model_queries": cost.reward_model_queries,
                 },
-                "history": tracker.history,
-                "tracker_step": tracker._step,
+                "tracker": tracker.state(),
             },
         }
         write_json_atomic(self.folder / LATEST, meta)
         for old in self.folder.glob("step-*"):
             if old.name != final.name:
                 shutil.rmtree(old, ignore_errors=True)
+        saved = getattr(self.ctx.progress, "checkpoint_saved", None)
+        if saved is not None:  # the run's record: this attempt's wall time so far
+            saved()
 
     def close(self) -> None:
         """Leave the loop (SIGTERM raises at once again)."""

@@ -144,7 +144,7 @@ def _check_deepspeed_launch(strategy: str, zero_stage: int) -> None:
         raise ConfigError(
             "parallel.strategy",
             f"deepspeed steps once per batch here; the accelerate config's gradient_accumulation_steps "
-            f"({accumulation}) is not implemented: set it to 1 (larger batches: method.batch_size)",
+            f"({accumulation}) is not implemented: set it to 1 (larger batches: method.prompts_per_step or method.batch_size)",
         )
     if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none").lower() not in ("none", ""):
         raise ConfigError(

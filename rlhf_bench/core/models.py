@@ -147,10 +147,57 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer, seed: int) -> torch.nn.Mod
     return AutoModelForCausalLM.from_config(config)
 
 
+def check_model_source(name_or_path: str, key: str = "model.name_or_path") -> None:
+    """Refuse a model that is neither a folder here nor a hub id: a path (``/``, ``./``, ``../``,
+    ``~``, a backslash, or more than one ``/``: hub ids are ``name`` or ``org/name``) that does not
+    exist is named as such, not passed to the hub (whose error is "Repo id must be in the form...")."""
+    path = Path(name_or_path).expanduser()
+    looks_local = (
+        name_or_path.startswith(("/", "./", "../", "~", ".")) or "\\" in name_or_path or name_or_path.count("/") > 1
+    )
+    if looks_local and not path.is_dir():
+        problem = "is a file, not a model folder" if path.is_file() else "no such folder"
+        raise ConfigError(
+            key,
+            f"{path}: {problem} (relative paths are from {Path.cwd()}); give a model folder "
+            "(with config.json) or a hub id such as gpt2 or org/name",
+        )
+
+
+def context_length(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> int | None:
+    """The most positions the model in ``name_or_path`` takes (its config's ``max_position_embeddings``
+    or ``n_positions``), None where the config states none (relative positions: no fixed limit)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def model_shape(name_or_path: str | None, model_cfg) -> tuple[int, int]:
+    """(layers, hidden width) of the policy: the tiny model's config (``name_or_path`` None) or the
+    model config in ``name_or_path``."""
+    if name_or_path is None:
+        return model_cfg.tiny.n_layer, model_cfg.tiny.d_model
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    config = getattr(config, "text_config", None) or config
+    layers = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer") if hasattr(config, k)), 1)
+    width = next((getattr(config, k) for k in ("hidden_size", "n_embd", "d_model") if hasattr(config, k)), 1)
+    return int(layers), int(width)
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """A tokenizer set up for RL: left padding, and a pad token (EOS if the model has none)."""
     from transformers import AutoTokenizer
 
+    check_model_source(name_or_path)
     tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:

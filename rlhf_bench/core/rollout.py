@@ -55,6 +55,25 @@ def select_rows(batch, index: torch.Tensor):
     return replace(batch, **rows)
 
 
+def concat_samples(parts: Sequence[Samples], pad_id: int) -> Samples:
+    """Several ``Samples`` as one batch: prompts re-padded on the left, responses on the right."""
+
+    def stack(tensors: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
+        width = max(t.shape[1] for t in tensors)
+        padded = [
+            torch.nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]), value=value)
+            for t in tensors
+        ]
+        return torch.cat(padded)
+
+    return Samples(
+        stack([p.prompt_ids for p in parts], pad_id, left=True),
+        stack([p.prompt_mask for p in parts], 0, left=True),
+        stack([p.response_ids for p in parts], pad_id, left=False),
+        stack([p.response_mask for p in parts], 0, left=False),
+    )
+
+
 def pad(
     sequences: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +187,7 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample responses with a KV cache: [B, P] left-padded prompts -> ([B, R] ids, [B, R] mask).
+    ``temperature=0`` decodes greedily (the most likely token at each step).
 
     R <= max_new_tokens (generation stops when every row has emitted EOS). Tokens after a
     row's first EOS are set to ``pad_token_id`` and masked out. ``banned_token_ids`` (pad,
@@ -217,11 +237,13 @@ def generate(
         if step == 0 and own_cache:
             cache = _expanded_cache(cache, shared[2] if shared is not None else None, prompt_length + max_new_tokens)
         logits = logits.float()
-        if temperature != 1.0:  # x / 1.0 == x: skip a pass over [B, V]
+        if temperature not in (0.0, 1.0):  # x / 1.0 == x: skip a pass over [B, V]
             logits = logits / temperature
         logits = logits.scatter(1, banned, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
-        if generator is not None and generator.device != probs.device:
+        if temperature == 0.0:
+            next_token = logits.argmax(-1, keepdim=True)
+        elif generator is not None and generator.device != probs.device:
             next_token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
         else:
             next_token = torch.multinomial(probs, 1, generator=generator)

@@ -258,7 +258,9 @@ def run_metrics(ctx: Run, policy, ref, reward, temperature: float, batch_size: i
     ``frontier_reward`` (the frontier's gold reward at its KL), ``regret`` and ``above_frontier``;
     and the frontier's endpoints. A causal LM is enumerated at ``temperature`` (as the evaluation
     samples it); best-of-n (an object with ``model``, ``reward``, ``n``, ``temperature``) is
-    computed in closed form from its base policy and its selection reward.
+    computed in closed form from its base policy and its selection reward. ``per_prompt`` holds each
+    distinct prompt's own ``exact_kl``, ``exact_gold_reward`` and ``exact_win_rate_vs_sft`` (the means
+    above weigh them equally).
     """
     task, token_ids = ctx.task, ctx.response_token_ids()
     length, symbols = task.max_response_tokens, all_responses(len(token_ids), task.max_response_tokens)
@@ -287,13 +289,21 @@ def run_metrics(ctx: Run, policy, ref, reward, temperature: float, batch_size: i
             "responses_per_prompt": int(symbols.shape[0]),
         }
     }
+    result["per_prompt"] = {}
     for who, logps in dists.items():
         if not logps:
             continue
         w = frontier.weights.tolist()
-        kl_value = sum(a * kl(lp, p.ref_logp) for a, lp, p in zip(w, logps, worlds))
-        gold = sum(a * expectation(lp, p.reward) for a, lp, p in zip(w, logps, worlds))
-        wins = sum(a * win_rate(lp, p.ref_logp, p.reward) for a, lp, p in zip(w, logps, worlds))
+        kls = [kl(lp, p.ref_logp) for lp, p in zip(logps, worlds)]
+        golds = [expectation(lp, p.reward) for lp, p in zip(logps, worlds)]
+        win_rates = [win_rate(lp, p.ref_logp, p.reward) for lp, p in zip(logps, worlds)]
+        result["per_prompt"][who] = {
+            prompt: {"exact_kl": k, "exact_gold_reward": g, "exact_win_rate_vs_sft": v}
+            for prompt, k, g, v in zip(prompts, kls, golds, win_rates)
+        }
+        kl_value = sum(a * k for a, k in zip(w, kls))
+        gold = sum(a * g for a, g in zip(w, golds))
+        wins = sum(a * v for a, v in zip(w, win_rates))
         best = frontier.reward_at(kl_value)
         result[who] = {
             "exact_kl": kl_value,

@@ -22,11 +22,20 @@ each row also carries the exact values (``exact_kl``, ``exact_gold_reward``,
 frontier (``frontier_reward``, ``regret``, ``above_frontier``); ``frontier`` holds its endpoints.
 See ``evaluation/exact.py``. ``eval.exact=false`` leaves them out (runs that only need the
 earlier stages, e.g. a grid of reward models, skip two enumerations of every response).
+
+``evaluate_prompts`` also returns the per-prompt rows behind these means (one row per held-out
+prompt, sample and policy: gold, proxy, KL contribution, length, EOS, win against the SFT sample,
+and on an enumerable task the exact values of that prompt), which the pipeline writes beside
+the record as ``per_prompt.parquet``; ``metrics.provenance`` names what the numbers depend on
+besides the run (evaluator version, eval temperature, the hash of the eval prompt set).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +44,10 @@ from rlhf_bench.config import EvalConfig
 from rlhf_bench.core.ops import masked_sum
 from rlhf_bench.core.train import batches
 from rlhf_bench.run import Run
+
+# 2: per-prompt rows and metrics.provenance (1: the records before them; the means are computed alike)
+EVALUATOR_VERSION = 2
+ROW_KEYS = ("gold", "proxy", "kl", "length", "eos")  # the per-sample tensors of ``_samples``, per-prompt columns
 
 
 @torch.no_grad()
@@ -109,19 +122,51 @@ def _summary(samples: dict[str, torch.Tensor], opponent_gold: torch.Tensor) -> d
     }
 
 
-def evaluate(ctx: Run, policy, ref, reward, cfg: EvalConfig, seed: int) -> dict[str, dict[str, float]]:
-    """Metrics of ``policy`` and of the SFT reference ``ref`` on ``cfg.n_prompts`` held-out prompts."""
+def prompt_set_sha256(prompts: list[str]) -> str:
+    """The hash of the eval prompts in order: two runs whose hashes differ were not scored on the same set."""
+    return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()
+
+
+def prompt_rows(
+    who: str, prompts: list[str], pool_size: int, samples: dict[str, torch.Tensor], opponent_gold: torch.Tensor
+) -> list[dict[str, Any]]:
+    """One row per evaluated sample of ``who`` (``sft`` or ``policy``): the prompt's position in the eval
+    list (``prompt_index``), its index in the task's pool (``prompt_id = prompt_index % pool_size``) and
+    which repeat of it this is (``sample``), the prompt text, and each [N] tensor of ``samples`` at that
+    position; ``win_vs_sft`` is 1, 0.5 or 0 as the gold reward beats, ties or loses to the opponent's
+    (so its mean is the row's ``win_rate_vs_sft``)."""
+    gold = samples["gold"]
+    wins = ((gold > opponent_gold).float() + 0.5 * (gold == opponent_gold).float()).tolist()
+    columns = {k: samples[k].tolist() for k in ROW_KEYS}
+    return [
+        {
+            "policy": who,
+            "prompt_index": i,
+            "prompt_id": i % pool_size,
+            "sample": i // pool_size,
+            "prompt": prompt,
+            **{k: float(columns[k][i]) for k in ROW_KEYS},
+            "win_vs_sft": wins[i],
+        }
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def evaluate_prompts(ctx: Run, policy, ref, reward, cfg: EvalConfig, seed: int) -> tuple[dict[str, dict], list[dict]]:
+    """Metrics of ``policy`` and of the SFT reference ``ref`` on ``cfg.n_prompts`` held-out prompts, and
+    the per-prompt rows they average (``prompt_rows``; with the exact per-prompt values on an
+    enumerable task)."""
     pool = ctx.task.eval_prompts
     prompts = [pool[i % len(pool)] for i in range(cfg.n_prompts)]
     generator = torch.Generator(device=ctx.device).manual_seed(seed + 10_000)
     sft_a = _samples(ctx, ref, ref, reward, prompts, cfg, generator, "eval: SFT")
     sft_b = _samples(ctx, ref, ref, reward, prompts, cfg, generator, "eval: SFT (opponent)")
     result = {"sft": _summary(sft_a, sft_b["gold"])}
+    rows = prompt_rows("sft", prompts, len(pool), sft_a, sft_b["gold"])
     if policy is not ref:
-        result["policy"] = _summary(
-            _samples(ctx, policy, ref, reward, prompts, cfg, generator, "eval: policy"),
-            sft_a["gold"],
-        )
+        policy_samples = _samples(ctx, policy, ref, reward, prompts, cfg, generator, "eval: policy")
+        result["policy"] = _summary(policy_samples, sft_a["gold"])
+        rows += prompt_rows("policy", prompts, len(pool), policy_samples, sft_a["gold"])
         if not isinstance(policy, torch.nn.Module):
             result["policy"]["kl_analytic"] = float(policy.analytic_kl)
     if cfg.exact and getattr(ctx.task, "response_vocabulary", None) is not None:  # an enumerable world: exact too
@@ -129,6 +174,31 @@ def evaluate(ctx: Run, policy, ref, reward, cfg: EvalConfig, seed: int) -> dict[
 
         exact = run_metrics(ctx, policy, ref, reward, cfg.temperature)
         result["frontier"] = exact.pop("frontier")
+        by_prompt = exact.pop("per_prompt")
         for who, values in exact.items():
             result[who].update(values)
-    return result
+        for row in rows:
+            row.update(by_prompt[row["policy"]].get(row["prompt"], {}))
+    result["provenance"] = {
+        "evaluator_version": EVALUATOR_VERSION,
+        "temperature": cfg.temperature,
+        "n_prompts": len(prompts),
+        "prompt_set_sha256": prompt_set_sha256(prompts),
+    }
+    return result, rows
+
+
+def evaluate(ctx: Run, policy, ref, reward, cfg: EvalConfig, seed: int) -> dict[str, dict[str, float]]:
+    """The metrics of ``evaluate_prompts`` alone."""
+    return evaluate_prompts(ctx, policy, ref, reward, cfg, seed)[0]
+
+
+def write_per_prompt(rows: list[dict[str, Any]], path) -> dict[str, Any]:
+    """The per-prompt rows as a Parquet file (pandas + pyarrow): its listing for the record (file name,
+    sha256 of the bytes, rows, columns)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(path, index=False)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"path": str(path), "sha256": digest, "rows": len(frame), "columns": list(frame.columns)}

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from rlhf_bench.report.family import presets_frame
 from rlhf_bench.repro.registry import Claim, load_claims
 
 END = "<!-- end generated -->"
@@ -313,8 +314,16 @@ def render_reproductions_summary(repo_root: Path, context: dict[str, Any]) -> st
 
 # --- Targets -------------------------------------------------------------------------------------
 
+
+def render_pg_family(repo_root: Path, context: dict[str, Any]) -> str:
+    """The policy-gradient family's presets and the part each sets (docs/methods.md)."""
+    table = markdown_table(presets_frame(repo_root / "conf"))
+    return f"{generated_note('conf/method/*.yaml, the presets of rlhf_bench.methods.pg')}\n\n{table}"
+
+
 BLOCKS: dict[str, Callable[[Path, dict[str, Any]], str]] = {
     "config-groups": render_config_groups,
+    "pg-family": render_pg_family,
     "reproductions": render_reproductions,
     "reproductions-summary": render_reproductions_summary,
 }
@@ -322,6 +331,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "README.md": ("reproductions-summary",),
     "docs/config.md": ("config-groups",),
     "docs/reproductions.md": ("reproductions",),
+    "docs/methods.md": ("pg-family",),
 }
 
 

@@ -40,6 +40,8 @@ class ArithmeticTaskConfig:
 class ArithmeticTask:
     """Data and the verifiable gold reward of the arithmetic task."""
 
+    verifiable = True  # the gold reward is 1 for a right answer, 0 for a wrong one
+
     def __init__(self, cfg: ArithmeticTaskConfig):
         self.cfg = cfg
         self.name = cfg.name

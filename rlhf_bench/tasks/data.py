@@ -18,6 +18,7 @@ the ones of the published setups).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,15 @@ def check_rows(rows: list[dict[str, Any]], kind: str, source: str, line_of=None)
             value = row.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise DataError(f"{source}:{line_of(i)}: field '{name}' must be a number, got {type(value).__name__}")
+            if value is not None and not math.isfinite(value):  # JSON's NaN and Infinity parse as floats
+                raise DataError(f"{source}:{line_of(i)}: field '{name}' must be a finite number, got {value}")
         if kind == "preferences" and "strength" in row and row["strength"] not in (0, 1, 2, 3):
             raise DataError(f"{source}:{line_of(i)}: field 'strength' must be 0, 1, 2 or 3, got {row['strength']}")
+        if kind == "preferences" and row["chosen"] == row["rejected"]:
+            raise DataError(
+                f"{source}:{line_of(i)}: 'chosen' and 'rejected' are the same text, which states no preference; "
+                "remove the row (a formatter returns None for it)"
+            )
     return rows
 
 
@@ -97,9 +105,13 @@ def load_jsonl(path: str, kind: str, key: str) -> list[dict[str, Any]]:
         raise DataError(
             f"{path}: empty file (set by {key}; expected {kind} rows with fields {', '.join(FIELDS[kind])})"
         )
-    # line numbers of the non-blank lines, for messages
-    lines = [n for n, line in enumerate(Path(path).read_bytes().split(b"\n"), start=1) if line.strip()]
+    lines = jsonl_lines(path)
     return check_rows(rows, kind, str(path), lambda i: lines[i])
+
+
+def jsonl_lines(path: Path | str) -> list[int]:
+    """The line numbers of a JSONL file's rows (its non-blank lines), for messages."""
+    return [n for n, line in enumerate(Path(path).read_bytes().split(b"\n"), start=1) if line.strip()]
 
 
 # A data set given as one data file (a local path or an ``hf://datasets/<repo>/<file>`` URL) is

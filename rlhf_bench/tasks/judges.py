@@ -77,7 +77,7 @@ def call_reward(target: str, key: str, prompts: Sequence[str], responses: Sequen
     except (TypeError, ValueError):
         raise RewardFunctionError(
             f"reward function {target} ({key}) must return a list of numbers, one per response; "
-            f"it returned {type(out).__name__}"
+            f"it returned {_described(out)}"
         ) from None
     if len(values) != len(responses):
         raise RewardFunctionError(
@@ -89,6 +89,14 @@ def call_reward(target: str, key: str, prompts: Sequence[str], responses: Sequen
             f"reward function {target} ({key}) returned {values[bad]} for response {bad}: {responses[bad]!r}"
         )
     return values
+
+
+def _described(out) -> str:
+    """What a reward function returned, for its error: ``list of str``, ``str``, ``dict``..."""
+    if isinstance(out, (list, tuple)):
+        kinds = sorted({type(v).__name__ for v in out})
+        return f"{type(out).__name__} of {' and '.join(kinds)}" if kinds else f"an empty {type(out).__name__}"
+    return type(out).__name__
 
 
 class TextClassifier:

@@ -28,7 +28,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from rlhf_bench.errors import require, require_choice
-from rlhf_bench.tasks.data import DataError, load_hf_split, load_jsonl
+from rlhf_bench.tasks.data import DataError, jsonl_lines, load_hf_split, load_jsonl
 from rlhf_bench.tasks.judges import ClassifierJudge, call_reward, check_target, load_callable
 
 
@@ -108,6 +108,7 @@ class UserTask:
         self.cfg = cfg
         self.name = cfg.name
         self.max_response_tokens = cfg.max_response_tokens
+        self._where: dict[str, str] = {}  # prompt -> the file:line (or data set row) it was first read from
         prefs = self._load("preferences", "preferences")
         eval_prefs = self._load("eval_preferences", "preferences")
         if prefs is not None and eval_prefs is None:
@@ -145,7 +146,24 @@ class UserTask:
             samples = [(p, "") for p in self.train_prompts[:4]]
         self.gold_reward([p for p, _ in samples], [r for _, r in samples])
 
+    def where(self, prompt: str) -> str | None:
+        """Where ``prompt`` was read: ``file:line``, or the data set, split and row."""
+        return self._where.get(prompt)
+
     def _load(self, key: str, kind: str):
+        rows = self._read(key, kind)
+        if rows is None:
+            return None
+        source = getattr(self.cfg, key)
+        if self.cfg.format == "jsonl":
+            places = [f"{source}:{n}" for n in jsonl_lines(source)]
+        else:
+            places = [f"task.{key} ({source}) row {i + 1}" for i in range(len(rows))]
+        for row, place in zip(rows, places):
+            self._where.setdefault(row["prompt"], place)
+        return rows
+
+    def _read(self, key: str, kind: str):
         source = getattr(self.cfg, key)
         if source is None:
             return None

@@ -27,3 +27,11 @@ def select_best(scores: torch.Tensor, response_ids: torch.Tensor, response_mask:
     ids, mask = response_ids[best], response_mask[best]
     length = int(mask.sum(-1).max())  # drop columns that only the losers used
     return ids[:, :length], mask[:, :length]
+
+
+@torch.no_grad()
+def greedy_scores(ctx: Run, policy, reward, prompts: list[str], group_size: int) -> torch.Tensor:
+    """[B / G] the reward of each prompt's greedy response (ReMax's baseline)."""
+    prompt_ids, prompt_mask = ctx.pad_prompts(ctx.encode_prompts(prompts[::group_size]))
+    response_ids, response_mask = ctx.sample(policy, prompt_ids, prompt_mask, temperature=0.0)
+    return ctx.score(reward, prompt_ids, prompt_mask, response_ids, response_mask)

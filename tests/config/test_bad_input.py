@@ -3,6 +3,7 @@ that names the problem (a config key, a file and line, a function) and the fix; 
 and nothing is trained."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def text(prompts, responses):
 
 def nan(prompts, responses):
     return [float("nan")] * len(responses)
+
+def strings(prompts, responses):
+    return ["high" for r in responses]
+
+CALLS = []
+
+def nan_sampled(prompts, responses):  # fine when the data is checked (the first call), NaN after SFT
+    CALLS.append(len(responses))
+    return [0.0 if len(CALLS) == 1 else float("nan") for r in responses]
 """
 
 # (case id, arguments (``{d}`` is the case's folder), exit code, the message)
@@ -49,7 +59,12 @@ CASES = [
     ("wrong type", ["seed=abc"], 2, "seed"),
     ("wrong type float", ["sft.lr=fast"], 2, "sft.lr"),
     ("negative lr", ["method.lr=-1"], 2, "method.lr must be > 0 (got -1.0)"),
-    ("minibatches", ["method.batch_size=15"], 2, "method.batch_size must be divisible by method.num_minibatches=2"),
+    (
+        "minibatches",
+        ["method.prompts_per_step=15"],
+        2,
+        "method.prompts_per_step times method.group_size=1 must be divisible by method.num_minibatches=2",
+    ),
     ("enum", ["logger.mode=sometimes"], 2, "logger.mode"),
     ("precision", ["precision=fp8"], 2, "precision"),
     ("device", ["device=tpu"], 2, "device must be one of auto, cpu, cuda, cuda:N, mps"),
@@ -58,12 +73,12 @@ CASES = [
     ("annotators", ["preferences.annotators=0"], 2, "preferences.annotators must be >= 1"),
     ("dpo beta", ["method=dpo", "method.beta=0"], 2, "method.beta must be > 0"),
     ("bon n", ["method=best_of_n", "method.n=0"], 2, "method.n must be >= 1"),
-    ("rloo k", ["method=rloo", "method.k=1"], 2, "method.k must be >= 2"),
+    ("rloo group", ["method=rloo", "method.group_size=1"], 2, "method.group_size must be >= 2 for advantage=rloo"),
     (
         "grpo aggregation",
-        ["method=grpo", "method.loss_aggregation=median"],
+        ["method=grpo", "method.aggregation=median"],
         2,
-        "method.loss_aggregation must be one of",
+        "method.aggregation must be one of",
     ),
     ("key of another option", ["method=sft", "method.steps=3"], 2, "the method options that have it"),
     ("ensemble size", ["reward_model=ensemble", "reward_model.members=1"], 2, "reward_model.members must be >= 2"),
@@ -130,7 +145,62 @@ CASES = [
     ),
     ("gold nan", ["task.gold_reward={d}/rewards.py:nan"], 2, "returned nan for response 0"),
     ("module not importable", ["task.gold_reward=no_such_pkg.mod:fn"], 2, "cannot import 'no_such_pkg.mod'"),
+    # --- issue 19: what used to fail late, raw or misleading ---------------------------------
+    (
+        "prompt longer than the context",
+        ["task.prompts={d}/long.jsonl"],
+        2,
+        "long.jsonl:2: the prompt is 80 tokens; with task.max_response_tokens=32 it needs 112 positions, "
+        "more than the model's context of 64: shorten or drop the prompt, lower task.max_response_tokens, "
+        "or raise model.tiny.max_positions (1 of",
+    ),
+    (
+        "model folder missing",
+        ["model.name_or_path={d}/no-such-model"],
+        2,
+        "model.name_or_path {d}/no-such-model: no such folder",
+    ),
+    ("unquoted non-ascii", ["logger.project=café"], 2, 'must be quoted; write logger.project="café"'),
+    ("run_name traversal", ["run_name=../../../escaped"], 2, "run_name must be a plain name: letters, digits"),
+    ("run_name separator", ["run_name=dpo/beta0.1"], 2, "(no / or \\, no leading '.' or '-', at most 100"),
+    (
+        "nan margin",
+        ["task.preferences={d}/nanmargin.jsonl"],
+        2,
+        "nanmargin.jsonl:2: field 'margin' must be a finite number, got nan",
+    ),
+    (
+        "chosen is rejected",
+        ["task.preferences={d}/same.jsonl"],
+        2,
+        "same.jsonl:2: 'chosen' and 'rejected' are the same text, which states no preference; remove the row",
+    ),
+    ("gold strings", ["task.gold_reward={d}/rewards.py:strings"], 2, "it returned list of str"),
+    (
+        "gold nan after sft",
+        ["task.sft={d}/sftgood.jsonl", "task.gold_reward={d}/rewards.py:nan_sampled"],
+        2,
+        "returned nan for response 0",
+    ),
+    (
+        "no record, no record claimed",
+        ["paths.results_dir={d}/blocker/results"],
+        1,
+        "run failed: OSError: cannot write to results_dir",
+    ),
+    (
+        "batch too big for memory",
+        ["method.prompts_per_step=100000000"],
+        2,
+        "method.prompts_per_step makes 100,000,000 sequences a step of up to",
+    ),
 ]
+# What else each of those cases must (or must not) print: the note after the error
+NOTES = {
+    "gold nan after sft": ("built before the failure, and cached for the next run: base, sft", "nothing was"),
+    "no record, no record claimed": ("it failed before writing a run record", "status=failed"),
+    "batch too big for memory": ("GiB (logits and activations), more than the", "Traceback"),
+}
 
 
 def _files(d: Path) -> None:
@@ -146,6 +216,15 @@ def _files(d: Path) -> None:
     _write(d / "strength.jsonl", _jsonl([{**pair, "strength": 1}, {**pair, "strength": 7}]))
     _write(d / "sft.jsonl", '{"prompt": "p"}\n')
     _write(d / "rewards.py", REWARDS)
+    _write(d / "long.jsonl", _jsonl(GOOD_PROMPTS[:1] + [{"prompt": " ".join(["late"] * 80)}] + GOOD_PROMPTS * 10))
+    _write(
+        d / "nanmargin.jsonl",
+        _jsonl([{**pair, "margin": 1.0}]) + '{"prompt": "p", "chosen": "a", "rejected": "b", "margin": NaN}\n',
+    )
+    _write(d / "same.jsonl", _jsonl([pair, {**pair, "rejected": "a"}]))
+    sft = [{"prompt": g["prompt"], "completion": " thanks , we will fix it ."} for g in GOOD_PROMPTS]
+    _write(d / "sftgood.jsonl", _jsonl(sft * 20))
+    _write(d / "blocker", "a file where a folder should be")
 
 
 @pytest.mark.parametrize("case, args, code, message", CASES, ids=[c[0] for c in CASES])
@@ -167,6 +246,67 @@ def test_bad_input_is_one_clear_line(case, args, code, message, tmp_path, monkey
     out = capsys.readouterr()
     output = " ".join((out.out + out.err).split())
     assert exit_info.value.code == code, output[-2000:]
-    assert " ".join(message.split()) in output, output[-2000:]
+    assert " ".join(message.replace("{d}", str(tmp_path)).split()) in output, output[-2000:]
     assert "Traceback" not in output
-    assert not list(tmp_path.glob("artifacts/sft/*")), "nothing may be trained on bad input"
+    must, must_not = NOTES.get(case, ("", None))
+    assert must in output and (must_not is None or must_not not in output), output[-2000:]
+    if case != "gold nan after sft":  # the one case found after SFT (on what SFT samples)
+        assert not list(tmp_path.glob("artifacts/sft/*")), "nothing may be trained on bad input"
+
+
+@pytest.mark.slow
+def test_an_absurd_budget_is_stated_before_training_and_its_eta_after_the_first_steps(tmp_path):
+    """``method.steps=10**12`` is no error: the run states its budget (as a warning) before SFT,
+    then the ETA of each loop after its first steps, the method's as a warning; stopped there."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "rlhf_bench", *fast_overrides(tmp_path, shared=False)]
+    command += ["method.steps=1000000000000", "logger.mode=disabled"]
+    env = {**os.environ, "COLUMNS": "400"}  # one line per message
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+    )
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.extend(part.strip() for part in line.split("\r") if part.strip())
+            if "warning: PPO:" in line or len(lines) > 5000:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    text = "\n".join(lines)
+    budget = next(i for i, line in enumerate(lines) if line.startswith("budget:"))
+    # 1e12 steps x 16 prompts x 12 response tokens = 1.92e14 generated
+    assert re.fullmatch(
+        r"budget: SFT 40 steps x 32 sequences; ppo 1\.0e\+12 steps x 16 responses of <= 12 tokens: "
+        r"<= 1\.9e\+14 tokens to generate, <= [0-9.]+e\+14 to train "
+        r"\(warning: more than 1e\+12 tokens; is method\.steps=1000000000000 meant\?\)",
+        lines[budget],
+    ), text[-3000:]
+    assert budget < next(i for i, line in enumerate(lines) if line.startswith("SFT:"))  # before training
+    assert re.search(r"^SFT: 36 steps left at [0-9.]+ s/step: ETA [0-9.]+ min$", text, re.M), text[-3000:]
+    eta = re.search(r"^warning: PPO: 999,999,999,996 steps left at [0-9.]+ s/step: ETA ([0-9,]+) days", text, re.M)
+    assert eta and int(eta.group(1).replace(",", "")) > 10**6, text[-3000:]
+
+
+def test_the_budget_line_counts_what_a_run_can_spend():
+    from rlhf_bench.compose import load_config
+    from rlhf_bench.run import budget_line
+
+    cfg = load_config(
+        ["method.steps=10", "method.prompts_per_step=8", "method.epochs=2", "sft.steps=5", "sft.batch_size=4"]
+    )
+    # PPO, one sample a prompt: 10 steps x 8 responses; generated 10 x 8 x 4 = 320 tokens at most,
+    # trained 10 x 8 x (6 + 4) x 2 epochs = 1,600
+    assert budget_line(cfg, prompt_tokens=6, response_tokens=4) == (
+        "budget: SFT 5 steps x 4 sequences; ppo 10 steps x 8 responses of <= 4 tokens: "
+        "<= 320 tokens to generate, <= 1,600 to train",
+        False,
+    )
+    # 1e12 steps x 8 x 4 = 3.2e13 generated: absurd
+    line, absurd = budget_line(load_config(["method.steps=1000000000000"]), 6, 4)
+    assert absurd and line.endswith("(warning: more than 1e+12 tokens; is method.steps=1000000000000 meant?)")
+    line, absurd = budget_line(load_config(["method=dpo"]), 6, 4)
+    assert line.endswith("no tokens generated") and not absurd

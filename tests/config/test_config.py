@@ -8,7 +8,7 @@ import pytest
 from rlhf_bench.cli import _jobs_to_check, compose, conf_dir, explain_config_error, load_config
 from rlhf_bench.config import Config
 from rlhf_bench.errors import ConfigError
-from rlhf_bench.methods.ppo import PPOConfig
+from rlhf_bench.methods.pg import PGConfig
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir())
 
@@ -43,7 +43,7 @@ def test_default_config_keys():
     assert cfg.seed == 0 and cfg.device == "auto"
     assert cfg.paths.results_dir == "results" and cfg.paths.artifacts_dir == "artifacts"
     assert cfg.logger.mode.value == "offline"
-    assert isinstance(cfg.method, PPOConfig)
+    assert isinstance(cfg.method, PGConfig)
     assert cfg.task.name == "sentiment" and cfg.model.name == "tiny" and cfg.reward_model.name == "bradley_terry"
 
 
@@ -58,21 +58,21 @@ def test_overrides_reach_typed_config():
         (["metod=ppo"], "unknown config key 'metod'. Did you mean: method"),
         (
             ["method=ppoo"],
-            "'ppoo' is not an option of config group 'method'. Available: best_of_n, dpo, expert_iteration, grpo, ipo, kto, ppo, rloo, sft, simpo. Did you mean method=ppo?",
+            "'ppoo' is not an option of config group 'method'. Available: best_of_n, cispo, dapo, dpo, dr_grpo, expert_iteration, gmpo, grpo, gspo, ipo, kto, ppo, reinforce_pp, remax, rloo, sapo, sft, simpo. Did you mean method=ppo?",
         ),
         (["method.lrr=1"], "unknown config key 'method.lrr'. Did you mean: method.lr"),
         (["seed=abc"], "seed"),
         (["method.lr=-1"], "method.lr must be > 0 (got -1.0)"),
         (
-            ["method.batch_size=10"],
-            "method.batch_size must be divisible by method.num_minibatches=4",
+            ["method.prompts_per_step=10"],
+            "method.prompts_per_step times method.group_size=1 must be divisible by method.num_minibatches=4",
         ),
         (["logger.mode=sometimes"], "logger.mode"),
         (["preferences.temperature=0"], "preferences.temperature must be > 0"),
         (["device=tpu"], "device must be one of auto, cpu, cuda, cuda:N, mps"),
         (
             ["method=sft", "method.steps=3"],
-            "'method.steps' is not a key of the chosen method option; the method options that have it: grpo, ppo, rloo.",
+            "'method.steps' is not a key of the chosen method option; the method options that have it: cispo, dapo, dr_grpo, gmpo, grpo, gspo, ppo, reinforce_pp, remax, rloo, sapo.",
         ),
     ],
 )

@@ -13,7 +13,7 @@ from rlhf_bench.config_errors import explain_config_error, validate_overrides
 
 TOP = (
     "Top-level keys and groups: checkpoint, device, eval, experiment, logger, method, model, parallel, paths,"
-    " precision, preferences, reward_model, run_name, seed, sft, task. (rlhf-bench --help lists them all.)"
+    " precision, preferences, reward_model, run_name, seed, seed_scope, sft, task. (rlhf-bench --help lists them all.)"
 )
 # the options as the config tree has them (a new method is one more file, not an edit here)
 METHODS = ", ".join(sorted(p.stem for p in (composition.conf_dir() / "method").glob("*.yaml")))
@@ -33,7 +33,7 @@ CASES = [
     (
         "unknown nested key",
         ["method.lrr=1"],
-        f"config error: unknown config key 'method.lrr'. Did you mean: method.lr, method.lam, method.name? {TOP}",
+        f"config error: unknown config key 'method.lrr'. Did you mean: method.lr, method.lam, method.ratio? {TOP}",
         True,
     ),
     (
@@ -46,7 +46,7 @@ CASES = [
         "key of another option",
         ["method=sft", "method.steps=3"],
         "config error: 'method.steps' is not a key of the chosen method option;"
-        " the method options that have it: grpo, ppo, rloo.",
+        " the method options that have it: cispo, dapo, dr_grpo, gmpo, grpo, gspo, ppo, reinforce_pp, remax, rloo, sapo.",
         True,
     ),
     (
@@ -58,7 +58,7 @@ CASES = [
     (
         "~key of a missing key",
         ["~method.lrr"],
-        f"config error: unknown config key 'method.lrr'. Did you mean: method.lr, method.lam, method.name? {TOP}",
+        f"config error: unknown config key 'method.lrr'. Did you mean: method.lr, method.lam, method.ratio? {TOP}",
         True,
     ),
     (
@@ -93,7 +93,7 @@ CASES = [
         "ready sweep option",
         ["+sweep=methods_x_seed"],
         "config error: 'methods_x_seed' is not an option of config group 'sweep'."
-        " Available: bon_n, methods_x_seeds, ppo_adaptive_kl, ppo_kl, ppo_optuna. Did you mean +sweep=methods_x_seeds?",
+        " Available: bon_n, methods_x_seeds, pg_family, ppo_adaptive_kl, ppo_kl, ppo_optuna. Did you mean +sweep=methods_x_seeds?",
         True,
     ),
 ]

@@ -121,8 +121,8 @@ def test_experiment_settings_follow_the_papers():
     m = ziegler.method
     assert ziegler.model.name_or_path == "gpt2" and ziegler.sft.steps == 0
     assert (m.adaptive_kl, m.target_kl, m.kl_horizon, m.kl_coef) == (True, 6.0, 10000, 0.15)
-    assert (m.batch_size, m.num_minibatches, m.ppo_epochs, m.lr, m.temperature) == (512, 1, 4, 1e-5, 0.7)
-    assert m.steps * m.batch_size <= 1_000_000 < (m.steps + 1) * m.batch_size
+    assert (m.prompts_per_step, m.num_minibatches, m.epochs, m.lr, m.temperature) == (512, 1, 4, 1e-5, 0.7)
+    assert m.steps * m.prompts_per_step <= 1_000_000 < (m.steps + 1) * m.prompts_per_step
     assert m.whiten_rewards and m.whiten_advantages and ziegler.task.max_response_tokens == 24
 
     dpo = load_config(["experiment=dpo_imdb_gpt2_large"])
@@ -141,7 +141,7 @@ def test_experiment_settings_follow_the_papers():
         False,
         "reward_model",
     )
-    assert (t.batch_size, t.lr, tldr.sft.batch_size, tldr.reward_model.batch_size) == (512, 3e-6, 128, 64)
+    assert (t.prompts_per_step, t.lr, tldr.sft.batch_size, tldr.reward_model.batch_size) == (512, 3e-6, 128, 64)
     assert tldr.task.max_response_tokens == 53
 
 
@@ -183,7 +183,7 @@ def test_ziegler_sentiment_runs_on_a_local_stand_in(sentiment_data, stand_ins, t
             f"model.name_or_path={stand_ins['gpt2']}",
             "reward_model.n_normalization_samples=16",
             "method.steps=2",
-            "method.batch_size=8",
+            "method.prompts_per_step=8",
         ],
     )
     assert record["status"] == "finished"
@@ -302,7 +302,7 @@ def test_ppo_tldr_runs_on_a_local_stand_in(tldr_data, stand_ins, tok, tmp_path):
             "reward_model.min_gold_accuracy=0",  # the stand-in judge is untrained
             "reward_model.n_normalization_samples=16",
             "method.steps=2",
-            "method.batch_size=8",
+            "method.prompts_per_step=8",
         ],
     )
     assert record["status"] == "finished"

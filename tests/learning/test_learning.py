@@ -26,9 +26,9 @@ def test_ppo_raises_gold_reward_over_sft(tmp_path):
         "reward_model.epochs=4",
         "reward_model.batch_size=16",
         "method.steps=25",
-        "method.batch_size=32",
+        "method.prompts_per_step=32",
         "method.num_minibatches=2",
-        "method.ppo_epochs=2",
+        "method.epochs=2",
         "method.lr=3e-4",
         "eval.n_prompts=512",
     ]

@@ -325,7 +325,7 @@ TOY_FAST = ["task=toy", *TOY_TINY, "preferences.n_train=128", "eval.lm_eval.task
 @pytest.mark.parametrize(
     "method",
     [
-        ["method=ppo", "method.steps=2", "method.batch_size=8", "method.num_minibatches=2", "method.ppo_epochs=1"],
+        ["method=ppo", "method.steps=2", "method.prompts_per_step=8", "method.num_minibatches=2", "method.epochs=1"],
         ["method=best_of_n", "method.n=4"],
     ],
     ids=["ppo", "best_of_n"],

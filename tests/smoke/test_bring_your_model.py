@@ -287,7 +287,7 @@ def test_pretrained_reward_through_the_pipeline(classifier_folder, tmp_path):
         "method=rloo",
         "method.steps=2",
         "method.prompts_per_step=4",
-        "method.k=2",
+        "method.group_size=2",
         "eval.lm_eval.tasks=[]",
         "logger.mode=disabled",
     ]
@@ -341,7 +341,7 @@ def test_pipeline_with_lora_on_the_tiny_model(tmp_path):
         "method=rloo",
         "method.steps=2",
         "method.prompts_per_step=4",
-        "method.k=2",
+        "method.group_size=2",
         "method.lr=1e-2",
         "eval.lm_eval.limit=4",
         "logger.mode=disabled",

@@ -13,14 +13,14 @@ from rlhf_bench.tasks.data import read_jsonl
 
 FAST = {
     "sft": [],
-    "ppo": ["method.steps=2", "method.batch_size=8", "method.num_minibatches=2", "method.ppo_epochs=1"],
+    "ppo": ["method.steps=2", "method.prompts_per_step=8", "method.num_minibatches=2", "method.epochs=1"],
     "best_of_n": ["method.n=2"],
     "dpo": ["method.epochs=1", "method.label_smoothing=0.1"],
     "ipo": ["method.epochs=1"],
     "simpo": ["method.epochs=1"],
     "kto": ["method.epochs=1"],
-    "rloo": ["method.steps=2", "method.prompts_per_step=4", "method.k=2"],
-    "grpo": ["method.steps=2", "method.prompts_per_step=4", "method.group_size=2", "method.iterations=2"],
+    "rloo": ["method.steps=2", "method.prompts_per_step=4", "method.group_size=2"],
+    "grpo": ["method.steps=2", "method.prompts_per_step=4", "method.group_size=2", "method.epochs=2"],
     "expert_iteration": [
         "method.rounds=1",
         "method.prompts_per_round=8",

@@ -485,9 +485,9 @@ def test_batches_that_do_not_split_over_the_processes_are_refused_by_key():
     check_batches_split(load_config([]), 2)  # the defaults split over 2, 4 and 8 processes
     check_batches_split(load_config([]), 8)
     with pytest.raises(
-        ConfigError, match=r"method.batch_size must be a multiple of 2 processes x method.num_minibatches=4"
+        ConfigError, match=r"method.prompts_per_step must be a multiple of 2 processes x method.num_minibatches=4"
     ):
-        check_batches_split(load_config(["method.batch_size=36"]), 2)
+        check_batches_split(load_config(["method.prompts_per_step=36"]), 2)
     with pytest.raises(ConfigError, match=r"sft.batch_size must be a multiple of the 2 processes \(got 33\)"):
         check_batches_split(load_config(["sft.batch_size=33"]), 2)
     with pytest.raises(ConfigError, match="method.prompts_per_step must be a multiple of the 3 processes"):
@@ -495,7 +495,7 @@ def test_batches_that_do_not_split_over_the_processes_are_refused_by_key():
     check_batches_split(
         load_config(["method=grpo", "method.prompts_per_step=15", "reward_model=gold", "sft.batch_size=63"]), 3
     )
-    check_batches_split(load_config(["method.batch_size=36"]), 1)  # one process: anything goes
+    check_batches_split(load_config(["method.prompts_per_step=36"]), 1)  # one process: anything goes
 
 
 @pytest.mark.slow

@@ -114,6 +114,89 @@ def test_sigterm_checkpoints_marks_preempted_and_resumes(tmp_path, reference):
     _same_results(resumed, reference)
 
 
+# --- a kill at every stage boundary and inside every stage ------------------------------------
+# One run is killed again and again, each attempt at the next point (``RLHF_BENCH_FAULT``: the
+# process ends with os._exit, as under kill -9), so that the whole chain costs one run plus a
+# process start per kill. Checkpoints every 2 steps: a kill at step 7 or 3 resumes from 6 or 2.
+FAULT_RUN = ["method.steps=4", "checkpoint.every_steps=2", "checkpoint.every_seconds=0", "logger.mode=offline"]
+# (the kill point, the point the attempt must have passed before it: where the kill is)
+KILLS = [
+    ("done:base#1", None),
+    ("step:sft#7", "done:base#1"),  # inside SFT, one step after its checkpoint at step 6
+    ("done:sft#1", "step:sft#1"),  # the resumed SFT's steps 7.. then the boundary
+    ("generate#1", "done:sft#1"),  # inside the preference sampling (SFT found built)
+    ("done:preferences#1", "generate#1"),
+    ("step:reward_model#3", "done:preferences#1"),
+    ("done:reward_model#1", "step:reward_model#1"),
+    ("step:ppo#3", "done:reward_model#1"),
+    ("done:policy#1", "step:ppo#1"),
+    ("generate#2", "done:policy#1"),  # inside the evaluation (the policy restored at its last step)
+    ("done:eval#1", "generate#1"),  # evaluated, the record not yet written
+]
+
+
+def _fault_run(root: Path, log: str, env: dict[str, str]) -> int:
+    command = [sys.executable, "-m", "rlhf_bench", *fast_overrides(root, shared=False), *FAULT_RUN]
+    with open(root / f"{log}.log", "w") as out:
+        proc = subprocess.run(command, cwd=root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    return proc.returncode
+
+
+def _wandb_rows(record: dict) -> list[dict]:
+    from rlhf_bench.tracking.wandb_files import read_offline_run
+
+    return read_offline_run(record["wandb"]["dir"])["history"]
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_boundary_and_inside_every_stage_loses_nothing(tmp_path):
+    reference_root, root = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference_root.mkdir()
+    root.mkdir()
+    assert _fault_run(reference_root, "run", {}) == 0, (reference_root / "run.log").read_text()[-3000:]
+    reference = _only_record(reference_root)
+    for attempt, (kill, after) in enumerate(KILLS):
+        trace = root / f"trace{attempt}.txt"
+        env = {"RLHF_BENCH_FAULT": kill, "RLHF_BENCH_FAULT_TRACE": str(trace)}
+        code = _fault_run(root, f"attempt{attempt}", env)
+        log = (root / f"attempt{attempt}.log").read_text()
+        assert code == 137, (kill, log[-3000:])  # killed where it was told, not before
+        passed = trace.read_text().split()
+        assert passed[-1] == kill and (after is None or after in passed), (kill, passed)
+        assert _only_record(root)["status"] == "running"  # as the killed process left it
+    assert _fault_run(root, "last", {}) == 0, (root / "last.log").read_text()[-3000:]
+    record = _only_record(root)
+
+    _same_results(record, reference)
+    assert record["resumed"] == len(KILLS) and len(record["attempts"]) == len(KILLS) + 1
+    assert [a["status"] for a in record["attempts"]] == ["died"] * len(KILLS) + ["finished"]
+    assert "checkpoint" not in record and "resume_state" not in record  # no stale path, no leftovers
+    for stage, artifact in reference["artifacts"].items():  # built by this run, though by earlier attempts
+        assert {k: v for k, v in record["artifacts"][stage].items() if k not in ("path", "info")} == {
+            k: v for k, v in artifact.items() if k not in ("path", "info")
+        }, stage
+    wall = record["cost"]["wall_seconds"]
+    assert wall["total"] == pytest.approx(sum(a["wall_seconds"]["total"] for a in record["attempts"]), abs=0.01)
+    assert all(a["wall_seconds"]["total"] > 0 for a in record["attempts"])
+    assert record["attempts"][1]["wall_seconds"]["sft"] > 0  # killed inside SFT: its time there still counts
+    assert set(reference["cost"]["wall_seconds"]) <= set(wall)
+    assert sum(v for k, v in wall.items() if k != "total") <= wall["total"]
+    # one W&B run: every attempt's has the record's id; the last one's holds every history row
+    assert all(Path(a["wandb_dir"]).name.endswith(f"-{record['run_id']}") for a in record["attempts"])
+    assert (
+        record["wandb"]["run_id"] == record["run_id"] and record["wandb"]["dir"] == record["attempts"][-1]["wandb_dir"]
+    )
+    rows = _wandb_rows(record)
+    assert len(rows) == sum(len(r) for r in record["history"].values()) == len(_wandb_rows(reference))
+    logged = {stage: [] for stage in record["history"]}
+    for row in rows:
+        stage = next(k.split("/")[0] for k in row if not k.startswith("_"))
+        logged[stage].append({k.removeprefix(f"{stage}/"): v for k, v in row.items() if not k.startswith("_")})
+    assert logged == record["history"]
+    assert [row["_step"] for row in rows] == [row["_step"] for row in _wandb_rows(reference)]
+    assert not (root / "artifacts" / "checkpoints" / record["run_id"]).exists()
+
+
 # --- faults in process ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shared_root(tmp_path_factory):
@@ -127,7 +210,7 @@ def _fault_config(root: Path, *extra: str):
 @pytest.mark.parametrize(
     "target, quantity",
     [
-        ("rlhf_bench.methods.ppo.clipped_policy_loss", "ppo/loss is nan at step 2"),
+        ("rlhf_bench.methods.pg.policy_loss", "ppo/loss is nan at step 2"),
         ("rlhf_bench.run.Run.score", "objective/score is nan at step 2"),
     ],
 )

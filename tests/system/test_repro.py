@@ -89,9 +89,9 @@ REPRO_TINY = [
     *TOY_TINY,
     "preferences.n_train=128",
     "method.steps=4",
-    "method.batch_size=16",
+    "method.prompts_per_step=16",
     "method.num_minibatches=2",
-    "method.ppo_epochs=1",
+    "method.epochs=1",
     *RM_FAST,
 ]
 

@@ -117,7 +117,7 @@ def test_peak_and_shape_checks_by_hand():
 
 # --- PPO evaluated along training ------------------------------------------------------------
 TINY_WORLD = ["task=toy", *TOY_TINY, "eval.lm_eval.tasks=[]", *RM_FAST]
-PPO_TINY = ["method=ppo", "method.steps=4", "method.batch_size=8", "method.num_minibatches=2", "method.ppo_epochs=1"]
+PPO_TINY = ["method=ppo", "method.steps=4", "method.prompts_per_step=8", "method.num_minibatches=2", "method.epochs=1"]
 
 
 @pytest.mark.slow

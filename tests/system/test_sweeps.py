@@ -5,6 +5,7 @@ keys; end to end, a joblib multirun and a two-trial Optuna study."""
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -26,7 +27,7 @@ from rlhf_bench.cli import (
     sweeps_dir,
 )
 from rlhf_bench.methods.best_of_n import BestOfNConfig
-from rlhf_bench.methods.ppo import PPOConfig
+from rlhf_bench.methods.pg import PGConfig
 
 SWEEPS = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
 LAUNCHERS = sorted(p.stem for p in (conf_dir() / "hydra" / "launcher").glob("*.yaml"))
@@ -45,7 +46,7 @@ def _values(override_value: str) -> list[str]:
 
 
 def test_the_ready_sweeps():
-    assert SWEEPS == ["bon_n", "methods_x_seeds", "ppo_adaptive_kl", "ppo_kl", "ppo_optuna"]
+    assert SWEEPS == ["bon_n", "methods_x_seeds", "pg_family", "ppo_adaptive_kl", "ppo_kl", "ppo_optuna"]
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -60,16 +61,20 @@ def test_every_sweep_is_a_multirun_whose_every_value_composes(sweep):
     assert len(jobs) > 1
 
 
-def test_methods_x_seeds_is_every_method_times_three_seeds():
-    params = _params("methods_x_seeds")
-    methods = sorted(p.stem for p in (conf_dir() / "method").glob("*.yaml"))
-    assert sorted(_values(params["method"])) == methods, "a new method belongs in sweeps/methods_x_seeds.yaml"
-    assert _values(params["seed"]) == ["0", "1", "2"]
+def test_methods_x_seeds_and_pg_family_cover_every_method_times_three_seeds():
+    classic, family = _params("methods_x_seeds"), _params("pg_family")
+    methods = {p.stem: p.read_text() for p in (conf_dir() / "method").glob("*.yaml")}
+    presets = sorted(m for m, text in methods.items() if "rlhf_bench.methods.pg.train" in text)
+    assert sorted(_values(family["method"])) == presets, "a new preset belongs in sweeps/pg_family.yaml"
+    others = sorted(set(methods) - set(presets)) + ["grpo", "ppo", "rloo"]  # the classic online three too
+    assert sorted(_values(classic["method"])) == sorted(others), "a new method belongs in sweeps/methods_x_seeds.yaml"
+    assert _values(classic["seed"]) == _values(family["seed"]) == ["0", "1", "2"]
     assert load_config(["+sweep=methods_x_seeds"]).task.name == "sentiment"
+    assert load_config(["+sweep=pg_family"]).task.name == "chains"
 
 
 def test_ppo_kl_sweeps_are_ppo_config_keys():
-    ppo_keys = {f.name for f in fields(PPOConfig)}
+    ppo_keys = {f.name for f in fields(PGConfig)}
     fixed, adaptive = _params("ppo_kl"), _params("ppo_adaptive_kl")
     assert load_config(["+sweep=ppo_kl"]).method.name == load_config(["+sweep=ppo_adaptive_kl"]).method.name == "ppo"
     assert fixed["method.adaptive_kl"] == "false" and len(_values(fixed["method.kl_coef"])) >= 5
@@ -401,3 +406,62 @@ def test_optuna_sweep_reports_the_best_parameters(root):
     assert 1e-5 <= best["best_params"]["method.lr"] <= 1e-3
     # The objective Optuna maximised is each run's gold reward, and it kept the larger.
     assert best["best_value"] == pytest.approx(max(objective(r) for r in trials))
+
+
+# --- a run's identity: config hash + seed ----------------------------------------------------
+def _leaderboard(root: Path) -> str:
+    """The leaderboard ``rlhf-bench-report`` writes of ``root``'s records (markdown)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_bench.report.leaderboard", "--results-dir", str(root / "results"), "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (root / "results" / "leaderboard.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_sweep_finishes_what_is_missing_and_reuses_what_finished(tmp_path):
+    quick = [*fast_overrides(tmp_path, shared=False), *QUICK]
+    _rlhf_bench(tmp_path, "-m", "seed=0", *quick)  # a sweep cut short: one of its two jobs ran
+    first = _records(tmp_path)
+    proc = _rlhf_bench(tmp_path, "-m", "seed=0,1", *quick)
+    records = _records(tmp_path)
+    assert len(first) == 1 and len(records) == 2 and sorted(r["seed"] for r in records) == [0, 1]
+    assert proc.stderr.count("reusing finished run") == 1 and first[0]["run_id"] in proc.stderr
+    board = _leaderboard(tmp_path)
+    built = sorted(p.name for p in (tmp_path / "artifacts").rglob("*") if p.is_dir())
+
+    again = _rlhf_bench(tmp_path, "-m", "seed=0,1", *quick)  # the whole sweep again: nothing to do
+    assert _records(tmp_path) == records  # no record added or changed
+    assert again.stderr.count("reusing finished run") == 2 and "nothing trained" in again.stderr
+    assert "SFT:" not in again.stderr and "PPO:" not in again.stderr
+    assert sorted(p.name for p in (tmp_path / "artifacts").rglob("*") if p.is_dir()) == built
+    assert _leaderboard(tmp_path) == board  # the leaderboard counts the same runs
+
+    forced = _rlhf_bench(tmp_path, "seed=0", "--fresh", *quick)  # --fresh (or +rerun=true) runs it again
+    assert "reusing" not in forced.stderr and len(_records(tmp_path)) == 3
+    _rlhf_bench(tmp_path, "seed=1", "+rerun=true", *quick)
+    assert len(_records(tmp_path)) == 4
+
+
+@pytest.mark.slow
+def test_a_second_identical_command_waits_for_the_running_one_and_reuses_it(tmp_path):
+    command = [sys.executable, "-m", "rlhf_bench", *fast_overrides(tmp_path, shared=False), *QUICK, "method.steps=6"]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not list((tmp_path / "results" / "runs").glob("*/record.json")):  # it holds its identity now
+        assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.1)
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.wait(timeout=600) == 0 and second.returncode == 0, second.stderr[-3000:]
+    (record,) = _records(tmp_path)  # one run, trained once
+    assert record["status"] == "finished"
+    err = " ".join(second.stderr.split())
+    # it started while the first ran (the first trains SFT, pairs, reward model and 6 PPO steps)
+    assert f"is already running: run {record['run_id']} (pid {record['attempts'][0]['pid']}" in err
+    assert "waiting for it to end" in err
+    assert f"reusing finished run {record['run_id']}" in err
