@@ -211,7 +211,7 @@ def draw(ctx: Run, cfg: PGConfig, policy, reward, prompt_gen, sample_gen):
     """Sample a step's groups: (prompts [B], Samples, scores [B], has_eos [B], stats). With dynamic
     sampling, groups whose scores all agree are dropped and more are drawn, at most
     ``max_sampling_rounds`` times (DAPO, Yu et al. 2025, Sec. 3.2); a batch still short trains on
-    what it kept."""
+    what it kept (and on the last draw if it kept nothing: a step with zero advantages)."""
     kept, drawn, stats = [], 0, {}
     G = cfg.group_size
     for round_ in range(cfg.max_sampling_rounds):
@@ -231,6 +231,9 @@ def draw(ctx: Run, cfg: PGConfig, policy, reward, prompt_gen, sample_gen):
             break
     texts = [t for k in kept for t in k[0]][: cfg.prompts_per_step * G]
     n = len(texts)
+    if n == 0:  # every group of every draw agreed: the last draw, whose advantages are all 0
+        stats.update({"cost/samples_per_kept": float(drawn), "objective/kept_groups": 0.0})
+        return [p for p in prompts for _ in range(G)], samples, scores, has_eos, stats
     samples = select_rows(concat_samples([k[1] for k in kept], ctx.tokenizer.pad_token_id), torch.arange(n))
     stats["cost/samples_per_kept"] = drawn / max(n, 1)
     stats["objective/kept_groups"] = n / G

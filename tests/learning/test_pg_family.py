@@ -40,3 +40,26 @@ def test_preset_learns_and_stays_below_the_exact_frontier(tmp_path, shared_artif
     assert policy["exact_gold_reward"] > sft["exact_gold_reward"] + 0.05, (preset, policy, sft)
     assert policy["exact_kl"] > 0
     assert policy["above_frontier"] is False and policy["regret"] >= -1e-9, (preset, policy)
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_that_keeps_nothing_still_takes_its_steps(tmp_path, shared_artifacts):
+    # a constant reward: every group agrees, dynamic sampling drops them all on every draw
+    (tmp_path / "flat.py").write_text("def flat(prompts, responses):\n    return [0.0] * len(responses)\n")
+    overrides = [
+        "task=toy",
+        *TOY_TINY,
+        "reward_model=function",
+        f"reward_model.target={tmp_path / 'flat.py'}:flat",
+        "method=dapo",
+        "method.steps=2",
+        "method.prompts_per_step=8",
+        "method.max_sampling_rounds=2",
+        f"paths.results_dir={tmp_path}/results",
+        f"paths.artifacts_dir={shared_artifacts}",
+    ]
+    record = pipeline.run(load_config(overrides))
+    rows = record["history"]["dapo"]
+    assert record["status"] == "finished" and len(rows) == 2
+    assert all(r["objective/kept_groups"] == 0 and r["cost/samples_per_kept"] == 2 * 8 * 4 for r in rows)
+    assert all(r["objective/zero_std_groups"] == 1.0 and r["train/loss"] == 0.0 for r in rows)
