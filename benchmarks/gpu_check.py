@@ -517,11 +517,13 @@ def part_versus_trl(s: Settings, limit: float) -> dict[str, Any]:
     cmd = [sys.executable, str(REPO / "benchmarks" / "versus_trl.py"), "--device", s.device]
     cmd += ["--precision", s.precision, "--models", "tiny,25m", "--steps", "6"]
     cmd += ["--root", str(Path(s.work) / "bench_trl"), "--out", str(out)]
-    if importlib.util.find_spec("trl") is None:
-        raise Skipped("TRL is not installed: versus_trl skipped (bash benchmarks/gpu_wheels.sh carries it)")
+    missing = importlib.util.find_spec("trl") is None
     if s.dry_run:  # minutes on a CPU: run by hand there (results/benchmarks/README.md)
         gpu_cmd = " ".join(cmd[1:]).replace("--device cpu", "--device cuda")
-        raise Skipped(f"dry run: versus_trl.py not run; the GPU run runs {gpu_cmd}")
+        trl = " (TRL is not installed here; bash benchmarks/gpu_wheels.sh carries it)" if missing else ""
+        raise Skipped(f"dry run: versus_trl.py not run{trl}; the GPU run runs {gpu_cmd}")
+    if missing:
+        raise Skipped("TRL is not installed: versus_trl skipped (bash benchmarks/gpu_wheels.sh carries it)")
     checked(cmd, s, limit, "versus_trl.log")
     return {"command": " ".join(cmd[1:]), "results": json.loads(out.read_text())}
 

@@ -28,6 +28,17 @@ def _guarded_connect(sock, address):
 socket.socket.connect = _guarded_connect
 
 
+@pytest.fixture(autouse=True)
+def _children_start_their_own_wandb_service():
+    """An in-process ``wandb.init`` leaves its service's address in ``WANDB_SERVICE``; a command a
+    later test launches would inherit it and share this worker's long-lived service, where a
+    killed child's run id stays "in use" for good. Each command starts its own service, as it
+    does from a shell."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     """A tiny GPT-2 and its tokenizer, built from a config (no download)."""
