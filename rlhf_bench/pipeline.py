@@ -140,10 +140,11 @@ def run(cfg: Config, overrides: list[str] | None = None) -> dict[str, Any]:
     resumed from its last checkpoint.
     """
     from rlhf_bench.core import models
-    from rlhf_bench.core.device import resolve_device, resolve_dtype, seed_everything
+    from rlhf_bench.core.device import reproducible_on, resolve_device, resolve_dtype, seed_everything
     from rlhf_bench.tracking.wandb_run import Tracker
 
     models.quiet_transformers()
+    reproducible_on(resolve_device(cfg.device))
     distributed.setup(resolve_device(cfg.device), cfg.parallel.strategy, cfg.parallel.zero_stage)
     check_batches_split(cfg, distributed.world_size())
     if not distributed.is_main():

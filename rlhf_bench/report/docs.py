@@ -1,9 +1,12 @@
 """The generated tables of README.md and docs/: ``python -m rlhf_bench.report.docs`` (``make docs``).
 
-Two tables are built from the files they describe, never typed by hand:
+The tables are built from the files they describe, never typed by hand:
 
 - ``config-groups`` (docs/config.md): every option of every config group of ``conf/`` (but
   ``hydra``), described by the first comment paragraph of its YAML file;
+- ``pg-family`` and ``pg-family-runs`` (docs/methods.md): the policy-gradient presets' parts (from
+  ``conf/method/``), and the ``pg_family`` sweep's leaderboard and measured effects (from the
+  committed ``docs/data/pg_family_runs.csv``);
 - ``reproductions`` (docs/reproductions.md) and ``reproductions-summary`` (README.md): one row per
   claim of the registry (``results/published/*.yaml``), joined with its verdict from the committed
   ``docs/data/verdicts.yaml`` (and, only when asked with ``--repro-results``, the newest verdicts a
@@ -30,13 +33,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from rlhf_bench.report.family import presets_frame
+from rlhf_bench.report.family import dynamic_sampling, effects, family_table, presets_frame
 from rlhf_bench.repro.registry import Claim, load_claims
 
 END = "<!-- end generated -->"
 MARKER = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n(.*?)" + re.escape(END), re.DOTALL)
 EXCLUDED_GROUPS = ("hydra",)  # launchers: described with the sweeps (docs/sweeps.md)
 VERDICTS_FILE = Path("docs/data/verdicts.yaml")
+PG_FAMILY_RUNS = Path("docs/data/pg_family_runs.csv")  # python -m rlhf_bench.report.family <results> --csv
 MAX_DESCRIPTION = 300  # characters; a longer first paragraph is cut to its first sentence
 
 
@@ -321,9 +325,26 @@ def render_pg_family(repo_root: Path, context: dict[str, Any]) -> str:
     return f"{generated_note('conf/method/*.yaml, the presets of rlhf_bench.methods.pg')}\n\n{table}"
 
 
+def render_pg_family_runs(repo_root: Path, context: dict[str, Any]) -> str:
+    """The ``+sweep=pg_family`` leaderboard, the papers' effects measured on it, and what dynamic
+    sampling cost (docs/methods.md), from the sweep's per-run rows committed as a CSV."""
+    path = repo_root / PG_FAMILY_RUNS
+    if not path.is_file():
+        return f"No runs committed: {PG_FAMILY_RUNS} holds a sweep's rows (`python -m rlhf_bench.report.family`)."
+    runs = pd.read_csv(path)
+    note = generated_note(f"{PG_FAMILY_RUNS.as_posix()}, the per-run rows of `rlhf-bench -m +sweep=pg_family`")
+    tables = [
+        family_table(runs).reset_index(),
+        effects(runs),
+        dynamic_sampling(runs).reset_index(),
+    ]
+    return note + "\n\n" + "\n\n".join(markdown_table(t) for t in tables)
+
+
 BLOCKS: dict[str, Callable[[Path, dict[str, Any]], str]] = {
     "config-groups": render_config_groups,
     "pg-family": render_pg_family,
+    "pg-family-runs": render_pg_family_runs,
     "reproductions": render_reproductions,
     "reproductions-summary": render_reproductions_summary,
 }
@@ -331,7 +352,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "README.md": ("reproductions-summary",),
     "docs/config.md": ("config-groups",),
     "docs/reproductions.md": ("reproductions",),
-    "docs/methods.md": ("pg-family",),
+    "docs/methods.md": ("pg-family", "pg-family-runs"),
 }
 
 

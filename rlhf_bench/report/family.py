@@ -17,6 +17,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from rlhf_bench.report.stats import ALPHA, paired_difference
+
 PG_TARGET = "rlhf_bench.methods.pg.train"
 # the history's metrics of the last steps, averaged per run (the state training ended in)
 TAIL_STEPS = 10
@@ -24,11 +26,42 @@ TAIL_METRICS = {
     "policy/entropy": "entropy",
     "objective/length_right": "length right",
     "objective/length_wrong": "length wrong",
-    "objective/zero_std_groups": "zero-std groups",
-    "cost/samples_per_kept": "samples per kept",
     "policy/clipfrac_high": "clip high",
     "policy/clipfrac_low": "clip low",
 }
+# ... and of every step (what the whole run cost)
+RUN_METRICS = {
+    "objective/zero_std_groups": "zero-std groups",
+    "cost/samples_per_kept": "samples per kept",
+}
+# The effects the papers argue with, measured as preset - baseline paired over seeds:
+# (claim, preset, baseline, column, the sign of the difference the claim predicts). A baseline that is
+# not a preset is a run labelled by method.name: dapo_no_clip_higher is
+#   rlhf-bench -m +sweep=pg_family method=dapo method.eps_high=0.2 method.name=dapo_no_clip_higher
+EFFECTS = (
+    (
+        "clip-higher keeps the entropy above symmetric clipping's (DAPO, Yu et al. 2025, Sec. 3.1, Fig. 2b):"
+        " DAPO against itself with eps_high = eps_low",
+        "dapo",
+        "dapo_no_clip_higher",
+        "entropy",
+        1,
+    ),
+    (
+        "clip-higher keeps the entropy above GRPO's: the presets (DAPO also drops the KL and takes 4 updates a batch)",
+        "dapo",
+        "grpo",
+        "entropy",
+        1,
+    ),
+    (
+        "Dr. GRPO's wrong answers are shorter than GRPO's (Liu et al. 2025, Sec. 3.1)",
+        "dr_grpo",
+        "grpo",
+        "length wrong",
+        -1,
+    ),
+)
 
 
 def presets(conf: Path) -> dict[str, dict[str, Any]]:
@@ -115,11 +148,19 @@ def load_runs(results: Path) -> pd.DataFrame:
                 "KL": policy.get("kl"),
                 "length": policy.get("response_length"),
                 **{label: tail[key].mean() if key in tail else float("nan") for key, label in TAIL_METRICS.items()},
+                **{
+                    label: history[key].mean() if key in history else float("nan") for key, label in RUN_METRICS.items()
+                },
                 "tokens generated": cost.get("tokens_generated"),
-                "wall s": (cost.get("wall_seconds") or {}).get(method["name"]),
+                "wall s": _method_seconds(cost.get("wall_seconds") or {}, method["name"]),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _method_seconds(wall: dict[str, float], name: str) -> float | None:
+    """The method stage's wall seconds (``policy``; older records named it after the method)."""
+    return wall.get("policy", wall.get(name))
 
 
 def family_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -133,7 +174,53 @@ def family_table(runs: pd.DataFrame) -> pd.DataFrame:
             for m, s in zip(mean[col], std[col])
         ]
     table.insert(0, "seeds", grouped.size())
-    return table.sort_values("accuracy", ascending=False, key=lambda c: mean.loc[c.index, "accuracy"])
+    return table.loc[mean["accuracy"].sort_values(ascending=False).index]
+
+
+def effects(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each claim of ``EFFECTS``: the preset's value minus the baseline's, paired by seed (Student's t
+    over the seeds both ran, ``stats.paired_difference``), and whether it shows here: ``shows`` (the
+    predicted sign at p < 0.05), ``direction only`` (the predicted sign, not significant) or ``does
+    not show``."""
+    rows = []
+    for claim, preset, baseline, column, sign in EFFECTS:
+        a, b = (runs[runs["method"] == m].set_index("seed")[column].dropna() for m in (preset, baseline))
+        seeds = sorted(set(a.index) & set(b.index))
+        row = {"claim": claim, "difference": f"{preset} - {baseline}", "metric": column, "seeds": len(seeds)}
+        if len(seeds) < 2:
+            rows.append({**row, "here": "too few seeds (need 2 of each)"})
+            continue
+        c = paired_difference(a[seeds].to_numpy()[:, None], b[seeds].to_numpy()[:, None])
+        predicted = float(c.diff) * sign > 0
+        here = ("shows" if c.p < ALPHA else "direction only") if predicted else "does not show"
+        rows.append(
+            {
+                **row,
+                "baseline": f"{b[seeds].mean():.3g}",
+                "value": f"{float(c.diff):+.3g}",
+                "95% interval": f"[{float(c.low):+.3g}, {float(c.high):+.3g}]",
+                "p": f"{float(c.p):.2g}",
+                "here": here,
+            }
+        )
+    columns = ["claim", "difference", "metric", "baseline", "value", "95% interval", "p", "seeds", "here"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def dynamic_sampling(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per preset that has the metric: the share of groups whose rewards all agree (what dynamic
+    sampling drops; the others train on them with zero advantage), the samples drawn per kept one,
+    and the tokens generated relative to GRPO's, means over seeds."""
+    grpo_tokens = runs.loc[runs["method"] == "grpo", "tokens generated"].mean()
+    grouped = runs.groupby("method")
+    out = pd.DataFrame(
+        {
+            "zero-std groups": grouped["zero-std groups"].mean(),
+            "samples per kept": grouped["samples per kept"].mean(),
+            "tokens vs grpo": grouped["tokens generated"].mean() / grpo_tokens,
+        }
+    ).dropna(subset=["zero-std groups"])
+    return out.round(3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv:
         runs.to_csv(args.csv, index=False)
     print(family_table(runs).to_markdown())
+    print()
+    print(effects(runs).to_markdown(index=False))
+    print()
+    print(dynamic_sampling(runs).to_markdown())
     return 0
 
 

@@ -13,8 +13,10 @@ check, as in GSM8K/MATH RL. What makes the variants of GRPO differ here:
     right, some all wrong (dynamic sampling has groups to drop);
   - right answers vary in length (direct or worked, 1 to ~15 tokens) and a response that does not stop
     runs to ``max_response_tokens``: wrong answers can grow long (Dr. GRPO's length argument);
-  - the SFT data is deliberately imperfect: a fraction ``noise`` of the demonstrations carry one
-    slip (a partial result off by 1..3, carried on), so the SFT policy solves some chains but not most.
+  - the SFT data is deliberately imperfect: a fraction ``noise`` (default 0.5) of the demonstrations
+    carry one slip (a partial result off by 1..3, carried on), so the SFT policy solves some chains but
+    not most (28% with the CPU model of ``experiment=chains``), while the right answer stays the most
+    likely one: RL has something to sharpen (GRPO: 42-47% after 100 steps).
 Generated offline from ``data_seed``; the checker is deterministic.
 """
 
@@ -37,9 +39,9 @@ class ChainsTaskConfig:
     data_seed: int = 1234
     min_terms: int = 2
     max_terms: int = 3
-    max_operand: int = 9  # operands in [0, max_operand]
+    max_operand: int = 5  # operands in [0, max_operand]
     worked: float = 0.5  # fraction of SFT demonstrations that write out the partial results
-    noise: float = 0.2  # fraction of SFT demonstrations with one slip carried to the answer
+    noise: float = 0.5  # fraction of SFT demonstrations with one slip carried to the answer
     n_sft: int = 20000
     n_train_prompts: int = 4096
     n_eval_prompts: int = 1024
@@ -88,7 +90,10 @@ class ChainsTask:
         self.name = cfg.name
         self.max_response_tokens = cfg.max_response_tokens
         rng = random.Random(cfg.data_seed)
-        self.sft_texts = [self._demonstration(rng) for _ in range(cfg.n_sft)]
+        # (prompt, completion): SFT tokenizes them apart, as the policy will see them (a prompt ends
+        # with "=", and a tokenizer trained on the joined text merges "=-" in "8-9=-1")
+        self.sft_examples = [self._demonstration(rng) for _ in range(cfg.n_sft)]
+        self.sft_texts = [p + c for p, c in self.sft_examples]
         self.train_prompts = [self._prompt(rng) for _ in range(cfg.n_train_prompts)]
         eval_rng = random.Random(cfg.data_seed + 1)
         self.eval_prompts = [self._prompt(eval_rng) for _ in range(cfg.n_eval_prompts)]
@@ -100,14 +105,14 @@ class ChainsTask:
         terms = [str(rng.randint(0, self.cfg.max_operand)) for _ in range(n)]
         return terms[0] + "".join(rng.choice("+-") + t for t in terms[1:]) + "="
 
-    def _demonstration(self, rng: random.Random) -> str:
+    def _demonstration(self, rng: random.Random) -> tuple[str, str]:
         prompt = self._prompt(rng)
         n_ops = len(_TERM.findall(prompt)) - 1
         slip = rng.choice([-3, -2, -1, 1, 2, 3]) if rng.random() < self.cfg.noise else 0
         solution = worked_solution(prompt, slip, rng.randrange(n_ops))
         if rng.random() >= self.cfg.worked:
             solution = solution.rpartition("=")[2]  # the direct answer (the slip carried in it)
-        return prompt + solution
+        return prompt, solution
 
     def probe_items(self) -> list[dict]:
         """Multiple-choice probe: the right final answer vs one off by one to three."""
