@@ -7,6 +7,8 @@ The tables are built from the files they describe, never typed by hand:
 - ``pg-family`` and ``pg-family-runs`` (docs/methods.md): the policy-gradient presets' parts (from
   ``conf/method/``), and the ``pg_family`` sweep's leaderboard and measured effects (from the
   committed ``docs/data/pg_family_runs.csv``);
+- ``versus-trl`` (results/benchmarks/README.md): rlhf-bench against TRL before and after the
+  policy-gradient core, from the two committed ``results/benchmarks/versus_trl*.json``;
 - ``reproductions`` (docs/reproductions.md) and ``reproductions-summary`` (README.md): one row per
   claim of the registry (``results/published/*.yaml``), joined with its verdict from the committed
   ``docs/data/verdicts.yaml`` (and, only when asked with ``--repro-results``, the newest verdicts a
@@ -341,18 +343,70 @@ def render_pg_family_runs(repo_root: Path, context: dict[str, Any]) -> str:
     return note + "\n\n" + "\n\n".join(markdown_table(t) for t in tables)
 
 
+VERSUS_TRL = Path("results/benchmarks/versus_trl.json")  # benchmarks/versus_trl.py, after the pg core
+VERSUS_TRL_BEFORE = Path("results/benchmarks/versus_trl_before_pg_core.json")  # the same at bf5da81
+VERSUS_TRL_METHODS = {
+    "grpo": "GRPO",
+    "rloo": "RLOO",
+    "dpo": "DPO (both compute the reference once)",
+    "dpo (TRL: reference every step)": "DPO, TRL's default (reference every step)",
+}
+
+
+def _ratio_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "not measured"
+    low, high = row.get("ratio_ci95") or (float("nan"),) * 2
+    ci = "-" if low is None or pd.isna(low) else f"{low:.2f}-{high:.2f}"
+    return f"**{row['ratio']:.2f}x** ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}; {ci})"
+
+
+def _pair(before: dict[str, Any] | None, after: dict[str, Any] | None, key: str, fmt: str) -> str:
+    return " / ".join("-" if r is None else format(r[key], fmt) for r in (before, after))
+
+
+def render_versus_trl(repo_root: Path, context: dict[str, Any]) -> str:
+    """rlhf-bench against TRL before and after the one policy-gradient core (results/benchmarks/README.md):
+    per model and method, the median ratio ours / TRL of steps per second with its range and bootstrap
+    interval, the CPU-second ratio and both sides' rates, from the two files' ``ratios``."""
+    files = [repo_root / VERSUS_TRL_BEFORE, repo_root / VERSUS_TRL]
+    before, after = (
+        {(r["model"], r["method"]): r for r in json.loads(f.read_text(encoding="utf-8"))["ratios"]} for f in files
+    )
+    keys = sorted(set(before) | set(after), key=lambda k: (k[0] != "tiny", list(VERSUS_TRL_METHODS).index(k[1])))
+    rows = []
+    for key in keys:
+        b, a = before.get(key), after.get(key)
+        rows.append(
+            {
+                "model": key[0],
+                "method": VERSUS_TRL_METHODS[key[1]],
+                "repeats": _pair(b, a, "repeats", "d"),
+                "before: ratio (range; 95% CI)": _ratio_cell(b),
+                "after: ratio (range; 95% CI)": _ratio_cell(a),
+                "ratio (CPU s) before / after": _pair(b, a, "cpu_ratio", ".2f"),
+                "ours steps/s before / after": _pair(b, a, "ours_steps_per_second", ".3g"),
+                "TRL steps/s before / after": _pair(b, a, "trl_steps_per_second", ".3g"),
+            }
+        )
+    sources = f"{VERSUS_TRL_BEFORE.as_posix()} and {VERSUS_TRL.as_posix()}"
+    return f"{generated_note(sources)}\n\n{markdown_table(pd.DataFrame(rows))}"
+
+
 BLOCKS: dict[str, Callable[[Path, dict[str, Any]], str]] = {
     "config-groups": render_config_groups,
     "pg-family": render_pg_family,
     "pg-family-runs": render_pg_family_runs,
     "reproductions": render_reproductions,
     "reproductions-summary": render_reproductions_summary,
+    "versus-trl": render_versus_trl,
 }
 TARGETS: dict[str, tuple[str, ...]] = {
     "README.md": ("reproductions-summary",),
     "docs/config.md": ("config-groups",),
     "docs/reproductions.md": ("reproductions",),
     "docs/methods.md": ("pg-family", "pg-family-runs"),
+    "results/benchmarks/README.md": ("versus-trl",),
 }
 
 

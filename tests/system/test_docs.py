@@ -26,8 +26,8 @@ LINK = re.compile(r"\[[^\]]*\]\(\s*([^)\s]+)(?:\s+\"[^\"]*\")?\s*\)")
 
 
 def _copy_sources(dest: Path) -> Path:
-    """What render_docs reads and writes: conf/, results/published/, docs/ and README.md."""
-    for rel in ("conf", "results/published", "docs"):
+    """What render_docs reads and writes: conf/, results/published/, results/benchmarks/, docs/ and README.md."""
+    for rel in ("conf", "results/published", "results/benchmarks", "docs"):
         shutil.copytree(ROOT / rel, dest / rel)
     shutil.copy(ROOT / "README.md", dest / "README.md")
     return dest
