@@ -394,6 +394,7 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
                 lambda out, ckpt: train_sft(ctx, cfg.sft, ctx.stages.base.path, out, ckpt),
                 verify,
                 parallel=True,
+                on_built=lambda built: ctx.stage_built("sft", _artifact(built)),
             )
             ctx = ctx.with_stage("sft", sft.path, sft.hash)
             artifacts["sft"] = _artifact(sft)
@@ -412,6 +413,7 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
             key,
             lambda out, _ckpt: sample_preferences(ctx, cfg.preferences, out),
             verify,
+            on_built=lambda built: ctx.stage_built("preferences", _artifact(built)),
         )
         artifacts["preferences"] = _artifact(prefs)
         ctx = ctx.with_stage("preferences", prefs.path, prefs.hash)
@@ -433,6 +435,7 @@ def preparation_stages(ctx: Run) -> tuple[Run, dict[str, Any]]:
             lambda out, ckpt: train_rm(ctx, cfg.reward_model, prefs.path, out, ckpt),
             verify,
             parallel=True,
+            on_built=lambda built: ctx.stage_built("reward_model", _artifact(built)),
         )
         ctx = ctx.with_stage("reward_model", rm.path, rm.hash)
         artifacts["reward_model"] = _artifact(rm)
@@ -498,6 +501,7 @@ def reward_backbone_stage(ctx: Run, data_key: dict[str, Any]) -> Run:
         lambda out, ckpt: train_sft(ctx, cfg.sft, str(base.path), out, ckpt, label="reward_backbone"),
         verify,
         parallel=True,
+        on_built=lambda built: ctx.stage_built("reward_backbone", _artifact(built)),
     )
     ctx.progress.artifacts["reward_backbone"] = _artifact(sft)
     ctx = ctx.with_stage("reward_backbone", sft.path, sft.hash)

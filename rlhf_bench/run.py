@@ -237,6 +237,18 @@ class Run:
             if self.tracker is not None:
                 self.tracker.restore(earlier["tracker"])
             progress.artifacts.update(earlier["artifacts"])
+        self._keep_boundary(name)
+        fault_point(f"done:{name}")
+
+    def stage_built(self, name: str, artifact: dict[str, Any]) -> None:
+        """Stage ``name`` is built (``artifact``: its record entry) and about to be put in place: keep
+        the boundary now, so that a kill between putting it in place and ``stage_done`` finds the
+        stage built by this run and takes back what building it counted (its history, counters)."""
+        self.progress.artifacts[name] = artifact
+        self._keep_boundary(name)
+
+    def _keep_boundary(self, name: str) -> None:
+        progress = self.progress
         progress.boundaries[name] = json.loads(  # a copy, as the record will hold it
             json.dumps(
                 {
@@ -248,7 +260,6 @@ class Run:
         )
         if progress.persist is not None:
             progress.persist()
-        fault_point(f"done:{name}")
 
     @property
     def sft_path(self) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from rlhf_bench.core import distributed
-from rlhf_bench.core.checkpoint import manifest, verify_manifest
+from rlhf_bench.core.checkpoint import fault_point, manifest, verify_manifest
 from rlhf_bench.core.files import write_json_atomic
 
 console = Console(stderr=True)
@@ -52,12 +52,15 @@ def cached_stage(
     build: Callable[[Path, Path], dict[str, Any]],
     verify: str = "hash",
     parallel: bool = False,
+    on_built: Callable[[StageResult], None] | None = None,
 ) -> StageResult:
     """Return the stage's output folder, building it with ``build(tmp_dir, checkpoint_dir) -> info``
     if absent or if its files no longer match the hashes recorded when it was built.
 
     ``checkpoint_dir`` (``<stage>/<hash>.resume/``) outlives a killed build, so that the next
     build resumes from the last checkpoint; it is removed once the stage is complete.
+    ``on_built(result)`` is called when a build is complete but not yet in place (the run keeps
+    its boundary there: a kill after the stage is in place then loses nothing the build counted).
     """
     from filelock import FileLock
 
@@ -65,7 +68,7 @@ def cached_stage(
     root = artifacts_dir / stage
     final = root / digest
     if distributed.world_size() > 1:
-        return _cached_stage_together(root, digest, stage, key, build, verify, parallel)
+        return _cached_stage_together(root, digest, stage, key, build, verify, parallel, on_built)
     found = _complete(final, verify)
     if found is not None:
         return StageResult(final, digest, True, found)
@@ -74,11 +77,11 @@ def cached_stage(
         found = _complete(final, verify)  # another worker built it while we waited
         if found is not None:
             return StageResult(final, digest, True, found)
-        info = _build_stage(root, digest, stage, key, build)
+        info = _build_stage(root, digest, stage, key, build, on_built)
     return StageResult(final, digest, False, info)
 
 
-def _build_stage(root: Path, digest: str, stage: str, key: dict[str, Any], build) -> dict[str, Any]:
+def _build_stage(root: Path, digest: str, stage: str, key: dict[str, Any], build, on_built=None) -> dict[str, Any]:
     """Build into a temporary folder, record the files' hashes, rename into place (lock held)."""
     final, tmp = root / digest, root / f".{digest}.tmp-{os.getpid()}"
     for stale in root.glob(f".{digest}.tmp-*"):  # left by a killed worker (we hold the lock)
@@ -94,14 +97,17 @@ def _build_stage(root: Path, digest: str, stage: str, key: dict[str, Any], build
         meta = {"stage": stage, "hash": digest, "key": key, "info": info, "created": utc_now()}
         meta["files"] = manifest(tmp)
         write_json_atomic(tmp / "stage.json", meta)
+        if on_built is not None:
+            on_built(StageResult(final, digest, False, info))
         os.replace(tmp, final)
+        fault_point(f"built:{stage}")
         shutil.rmtree(resume_dir, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
 
 
-def _cached_stage_together(root, digest, stage, key, build, verify, parallel: bool) -> StageResult:
+def _cached_stage_together(root, digest, stage, key, build, verify, parallel: bool, on_built=None) -> StageResult:
     """``cached_stage`` for processes of one data-parallel run: the main process takes the lock
     and decides; a ``parallel`` stage (a training loop) is built by all of them in lockstep,
     each writing to a folder of its own that only the main's replaces the stage with."""
@@ -120,7 +126,7 @@ def _cached_stage_together(root, digest, stage, key, build, verify, parallel: bo
             return StageResult(final, digest, True, found)
         if distributed.is_main():
             with contextlib.nullcontext() if parallel else distributed.whole_models():  # alone: nothing sharded
-                info = _build_stage(root, digest, stage, key, build)
+                info = _build_stage(root, digest, stage, key, build, on_built)
         elif parallel:  # train along; what this process writes is discarded
             scratch = root / f".{digest}.rank{distributed.rank()}-{os.getpid()}"
             scratch.mkdir(parents=True, exist_ok=True)

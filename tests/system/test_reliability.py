@@ -123,11 +123,14 @@ FAULT_RUN = ["method.steps=4", "checkpoint.every_steps=2", "checkpoint.every_sec
 KILLS = [
     ("done:base#1", None),
     ("step:sft#7", "done:base#1"),  # inside SFT, one step after its checkpoint at step 6
-    ("done:sft#1", "step:sft#1"),  # the resumed SFT's steps 7.. then the boundary
+    ("built:sft#1", "step:sft#1"),  # the resumed SFT's steps 7.., the stage in place, no boundary yet
+    ("done:sft#1", "done:base#1"),  # SFT found built by this run: what building it counted taken back
     ("generate#1", "done:sft#1"),  # inside the preference sampling (SFT found built)
-    ("done:preferences#1", "generate#1"),
+    ("built:preferences#1", "generate#1"),
+    ("done:preferences#1", "done:sft#1"),
     ("step:reward_model#3", "done:preferences#1"),
-    ("done:reward_model#1", "step:reward_model#1"),
+    ("built:reward_model#1", "step:reward_model#1"),
+    ("done:reward_model#1", "done:preferences#1"),
     ("step:ppo#3", "done:reward_model#1"),
     ("done:policy#1", "step:ppo#1"),
     ("generate#2", "done:policy#1"),  # inside the evaluation (the policy restored at its last step)
