@@ -53,9 +53,9 @@ def reproducible_on(device: torch.device) -> None:
     with them, 5 of 5 runs were bitwise identical, at the same speed and with the same numbers as
     before where the runs agreed (docs/reliability.md). Not on a GPU, where the deterministic
     kernels cost speed and need ``CUBLAS_WORKSPACE_CONFIG``: GPU runs are reproducible to a tolerance.
-    ``warn_only``: an op with no deterministic kernel warns (into the run's log) instead of failing."""
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    ``warn_only``: an op with no deterministic kernel warns (into the run's log) instead of failing.
+    Set either way, so that a GPU run after a CPU run in one process does not inherit the setting."""
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
 
 def seed_everything(seed: int) -> torch.Generator:
