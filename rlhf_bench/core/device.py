@@ -54,8 +54,12 @@ def reproducible_on(device: torch.device) -> None:
     before where the runs agreed (docs/reliability.md). Not on a GPU, where the deterministic
     kernels cost speed and need ``CUBLAS_WORKSPACE_CONFIG``: GPU runs are reproducible to a tolerance.
     ``warn_only``: an op with no deterministic kernel warns (into the run's log) instead of failing.
-    Set either way, so that a GPU run after a CPU run in one process does not inherit the setting."""
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    Not with one intra-op thread either (torchrun's default, ``OMP_NUM_THREADS=1``): nothing to
+    reorder there, and under FSDP and DeepSpeed on a CPU the deterministic kernels made a run 3x
+    slower (``test_distributed.py``'s FSDP/DeepSpeed test: 50 s -> 155 s). Set either way, so that
+    a later run in the same process does not inherit the setting."""
+    on = device.type == "cpu" and torch.get_num_threads() > 1
+    torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def seed_everything(seed: int) -> torch.Generator:
